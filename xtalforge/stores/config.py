@@ -1,0 +1,178 @@
+"""Build the jobflow :class:`~jobflow.JobStore` of a campaign from one setting.
+
+A campaign writes everything to one ``JobStore``:
+
+* ``docs_store``: jobflow's job documents (outputs of every job, with uuid and index);
+* ``additional_stores["data"]``: large job outputs (atomate2 force-field and VASP jobs need it);
+* ``additional_stores["blobs"]``: model checkpoints and large arrays (never inlined in task documents);
+* ``additional_stores["structures"]``: one document per structure and stage (dataset entries,
+  samples, screening results, DFT results), written in bulk;
+* ``additional_stores["campaigns"]``: one provenance record per campaign.
+
+The setting is one string (or ``None``), resolved in this order: the argument, the environment
+variable ``XTALFORGE_STORE``, then the embedded default.
+
+``None`` / ``""`` / ``"embedded"``
+    maggma :class:`~maggma.stores.MontyStore` (montydb on sqlite) under ``<campaign_dir>/store``.
+``"memory"``
+    maggma :class:`~maggma.stores.MemoryStore` (mongomock): in-process only, for tests.
+``"mongodb://..."`` or ``"mongodb+srv://..."``
+    :class:`~maggma.stores.MongoURIStore` collections in the URI's database (``xtalforge`` when
+    the URI names none), blobs and data in GridFS (:class:`~maggma.stores.gridfs.GridFSURIStore`).
+``"/path/to/store.yaml"`` (or ``.yml`` / ``.json``)
+    a jobflow JobStore specification (``{docs_store: {type: MongoStore, ...}, additional_stores:
+    {...}}``, the format of jobflow's ``JOB_STORE`` setting; S3 blob stores included), or the
+    short form ``{uri: mongodb://..., database: name}``. Missing additional stores are an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from jobflow import JobStore
+from maggma.stores import MemoryStore, MongoURIStore, MontyStore
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable holding the store setting.
+STORE_ENV = "XTALFORGE_STORE"
+#: Additional stores every xtalforge JobStore must have.
+REQUIRED_ADDITIONAL_STORES = ("data", "blobs", "structures", "campaigns")
+#: Collection names used for the embedded and MongoDB stores.
+COLLECTIONS = {
+    "docs": "jobs",
+    "data": "data",
+    "blobs": "blobs",
+    "structures": "structures",
+    "campaigns": "campaigns",
+}
+
+
+class StoreConfigError(ValueError):
+    """Raised when a store setting cannot be turned into a JobStore."""
+
+
+def resolve_setting(setting: str | os.PathLike | None) -> str:
+    """Return the effective store setting (argument, then ``$XTALFORGE_STORE``, then embedded)."""
+    if setting is None or str(setting) == "":
+        setting = os.environ.get(STORE_ENV, "")
+    return str(setting) if setting else "embedded"
+
+
+def describe_store(setting: str | os.PathLike | None, campaign_dir: str | os.PathLike) -> str:
+    """Return a human-readable description of where a setting points (passwords hidden)."""
+    s = resolve_setting(setting)
+    if s == "embedded":
+        return f"embedded MontyStore (sqlite) at {Path(campaign_dir) / 'store'}"
+    if s.startswith(("mongodb://", "mongodb+srv://")):
+        u = urlparse(s)
+        host = u.hostname or "?"
+        return f"MongoDB at {host}{':' + str(u.port) if u.port else ''}{u.path or ''}"
+    return s
+
+
+def build_job_store(
+    setting: str | os.PathLike | None = None,
+    campaign_dir: str | os.PathLike = ".",
+) -> JobStore:
+    """Build the campaign's JobStore from one setting.
+
+    Parameters
+    ----------
+    setting
+        ``None``/``"embedded"``, ``"memory"``, a ``mongodb://`` URI or a YAML/JSON file path. See
+        the module docstring. ``None`` falls back to ``$XTALFORGE_STORE`` and then embedded.
+    campaign_dir
+        Directory of the campaign; the embedded store lives in ``<campaign_dir>/store``.
+
+    Returns
+    -------
+    JobStore
+        Not connected; jobflow connects it when running, or call ``store.connect()``.
+    """
+    s = resolve_setting(setting)
+    if s == "embedded" or s.startswith("montydb://"):
+        path = Path(s[len("montydb://") :]) if s.startswith("montydb://") else Path(campaign_dir) / "store"
+        path.mkdir(parents=True, exist_ok=True)
+        return _embedded_store(path)
+    if s == "memory":
+        return JobStore(
+            MemoryStore(COLLECTIONS["docs"]),
+            additional_stores={k: MemoryStore(COLLECTIONS[k]) for k in REQUIRED_ADDITIONAL_STORES},
+        )
+    if s.startswith(("mongodb://", "mongodb+srv://")):
+        return _mongo_store(s)
+    path = Path(s)
+    if path.suffix.lower() in {".yaml", ".yml", ".json"}:
+        if not path.is_file():
+            raise StoreConfigError(f"store file {path} does not exist")
+        return _store_from_file(path)
+    raise StoreConfigError(
+        f"cannot interpret store setting {s!r}: expected 'embedded', 'memory', 'montydb:///path', "
+        "a mongodb:// URI, or a .yaml/.json JobStore file"
+    )
+
+
+def _embedded_store(path: Path) -> JobStore:
+    def monty(name: str) -> MontyStore:
+        return MontyStore(
+            COLLECTIONS[name], database_path=str(path), database_name="xtalforge", storage="sqlite"
+        )
+
+    return JobStore(
+        monty("docs"), additional_stores={k: monty(k) for k in REQUIRED_ADDITIONAL_STORES}
+    )
+
+
+def _mongo_store(uri: str, database: str | None = None) -> JobStore:
+    from maggma.stores.gridfs import GridFSURIStore
+
+    db = database or (urlparse(uri).path.lstrip("/").split("?")[0] or "xtalforge")
+
+    def coll(name: str) -> MongoURIStore:
+        return MongoURIStore(uri, COLLECTIONS[name], database=db)
+
+    def gridfs(name: str) -> GridFSURIStore:
+        return GridFSURIStore(uri, COLLECTIONS[name], database=db, compression=True)
+
+    return JobStore(
+        coll("docs"),
+        additional_stores={
+            "data": gridfs("data"),
+            "blobs": gridfs("blobs"),
+            "structures": coll("structures"),
+            "campaigns": coll("campaigns"),
+        },
+    )
+
+
+def _store_from_file(path: Path) -> JobStore:
+    import yaml
+
+    with open(path) as f:
+        spec: dict[str, Any] = yaml.safe_load(f) or {}
+    spec = spec.get("JOB_STORE", spec)
+    if "uri" in spec:
+        return _mongo_store(spec["uri"], spec.get("database"))
+    if "docs_store" not in spec:
+        raise StoreConfigError(f"{path}: expected 'docs_store' (jobflow JobStore spec) or 'uri'")
+    store = JobStore.from_dict_spec(spec)
+    missing = [k for k in REQUIRED_ADDITIONAL_STORES if k not in store.additional_stores]
+    if missing:
+        raise StoreConfigError(f"{path}: JobStore lacks additional stores {missing}")
+    return store
+
+
+def additional(store: JobStore, name: str):
+    """Return one of the JobStore's additional stores, with a clear error when it is absent."""
+    try:
+        return store.additional_stores[name]
+    except KeyError:
+        raise StoreConfigError(
+            f"the JobStore has no additional store {name!r}; xtalforge needs "
+            f"{list(REQUIRED_ADDITIONAL_STORES)} (build it with xtalforge.stores.build_job_store)"
+        ) from None
