@@ -32,10 +32,34 @@ from xtalforge.data.loaders import LoadReport, _finish
 logger = logging.getLogger(__name__)
 
 _PAIRS = [
-    ("Li", "F"), ("Na", "Cl"), ("K", "Br"), ("Rb", "I"), ("Mg", "O"), ("Ca", "S"), ("Sr", "Se"),
-    ("Ba", "Te"), ("Zn", "S"), ("Cd", "Se"), ("Ga", "N"), ("Al", "P"), ("In", "As"), ("Cu", "Cl"),
-    ("Ag", "Br"), ("Ca", "F"), ("Sr", "Cl"), ("Ba", "F"), ("Ti", "O"), ("Sn", "O"), ("Zr", "O"),
-    ("Na", "F"), ("K", "Cl"), ("Li", "Cl"), ("Mg", "S"), ("Be", "O"), ("Ni", "O"), ("Co", "O"),
+    ("Li", "F"),
+    ("Na", "Cl"),
+    ("K", "Br"),
+    ("Rb", "I"),
+    ("Mg", "O"),
+    ("Ca", "S"),
+    ("Sr", "Se"),
+    ("Ba", "Te"),
+    ("Zn", "S"),
+    ("Cd", "Se"),
+    ("Ga", "N"),
+    ("Al", "P"),
+    ("In", "As"),
+    ("Cu", "Cl"),
+    ("Ag", "Br"),
+    ("Ca", "F"),
+    ("Sr", "Cl"),
+    ("Ba", "F"),
+    ("Ti", "O"),
+    ("Sn", "O"),
+    ("Zr", "O"),
+    ("Na", "F"),
+    ("K", "Cl"),
+    ("Li", "Cl"),
+    ("Mg", "S"),
+    ("Be", "O"),
+    ("Ni", "O"),
+    ("Co", "O"),
 ]
 
 
@@ -67,8 +91,13 @@ def _aflow(max_atoms: int) -> list[tuple[str, Structure, dict[str, Any]]]:
         if not s.is_ordered or len(s) > max_atoms:
             continue
         tags = d["tags"]
-        out.append((f"aflow-{tags['aflow']}", s, {"prototype": tags["aflow"],
-                                                   "mineral": tags.get("mineral") or None}))
+        out.append(
+            (
+                f"aflow-{tags['aflow']}",
+                s,
+                {"prototype": tags["aflow"], "mineral": tags.get("mineral") or None},
+            )
+        )
     return out
 
 
@@ -76,8 +105,10 @@ def _substitute(proto: Structure, cation: str, anion: str) -> Structure:
     elements = sorted(proto.composition.elements, key=lambda e: e.X)
     mapping = {elements[0]: Element(cation), elements[1]: Element(anion)}
     old = sum(e.atomic_radius_calculated or e.atomic_radius or 1.0 for e in elements)
-    new = sum(Element(x).atomic_radius_calculated or Element(x).atomic_radius or 1.0
-              for x in (cation, anion))
+    new = sum(
+        Element(x).atomic_radius_calculated or Element(x).atomic_radius or 1.0
+        for x in (cation, anion)
+    )
     s = proto.copy()
     s.replace_species(mapping)
     s.scale_lattice(proto.volume * float(new / old) ** 3)
@@ -118,15 +149,16 @@ def _build(max_atoms: int, n_substitutions: int, progress: bool) -> LoadReport:
         items.append((sid, s, {"source": "ase-reference-state"}))
     rng = np.random.default_rng(0)
     binaries = [
-        (sid, s, p) for sid, s, p in aflow
-        if len(s.composition.elements) == 2 and len(s) <= 12
+        (sid, s, p) for sid, s, p in aflow if len(s.composition.elements) == 2 and len(s) <= 12
     ]
     for sid, s, props in binaries:
         for k in rng.choice(len(_PAIRS), size=min(n_substitutions, len(_PAIRS)), replace=False):
             cat, an = _PAIRS[int(k)]
-            items.append((
-                f"{sid}-sub-{cat}{an}",
-                (lambda s=s, c=cat, a=an: _substitute(s, c, a)),
-                {"source": "substitution", "prototype": props["prototype"], "parent": sid},
-            ))
+            items.append(
+                (
+                    f"{sid}-sub-{cat}{an}",
+                    (lambda s=s, c=cat, a=an: _substitute(s, c, a)),
+                    {"source": "substitution", "prototype": props["prototype"], "parent": sid},
+                )
+            )
     return _finish("demo", None, items, progress)

@@ -113,7 +113,9 @@ def validate_structure(structure: Structure, min_distance: float = MIN_DISTANCE)
     if len(structure) > 1 or vol < 50:
         dmin = _min_distance(structure)
         if dmin < min_distance:
-            return f"overlapping atoms: minimum interatomic distance {dmin:.3f} A < {min_distance} A"
+            return (
+                f"overlapping atoms: minimum interatomic distance {dmin:.3f} A < {min_distance} A"
+            )
     return None
 
 
@@ -156,7 +158,9 @@ def _finish(
     rejected: list[Rejection] = []
     h = hashlib.sha256()
     seen: Counter[str] = Counter()
-    for source_id, raw, props in tqdm(items, desc=f"load {name}", disable=not progress, unit="entry"):
+    for source_id, raw, props in tqdm(
+        items, desc=f"load {name}", disable=not progress, unit="entry"
+    ):
         seen[source_id] += 1
         if seen[source_id] > 1:  # duplicate ids in a source get a suffix, never overwrite
             source_id = f"{source_id}#{seen[source_id]}"
@@ -178,7 +182,9 @@ def _finish(
     if rejected:
         logger.warning(
             "%s: rejected %d of %d entries (%s)",
-            name, len(rejected), len(entries) + len(rejected),
+            name,
+            len(rejected),
+            len(entries) + len(rejected),
             dict(Counter(r.reason.split(":")[0] for r in rejected)),
         )
     return LoadReport(name, path, entries, rejected, h.hexdigest())
@@ -216,7 +222,9 @@ def _raiser(exc: Exception):
     return f
 
 
-def load_pymatgen_json(path: str | Path, limit: int | None = None, progress: bool = True) -> LoadReport:
+def load_pymatgen_json(
+    path: str | Path, limit: int | None = None, progress: bool = True
+) -> LoadReport:
     """Load a JSON list of Structures, ComputedStructureEntries or ``{structure, ...}`` records."""
     import json
 
@@ -323,13 +331,22 @@ def load_dataset(
         raise FileNotFoundError(f"dataset {path} does not exist")
     suffixes = "".join(path.suffixes).lower()
     fmt = fmt or (
-        "csv" if ".csv" in suffixes else
-        "json" if ".json" in suffixes else
-        "extxyz" if suffixes.endswith((".extxyz", ".xyz")) else
-        "asedb" if suffixes.endswith(".db") else None
+        "csv"
+        if ".csv" in suffixes
+        else "json"
+        if ".json" in suffixes
+        else "extxyz"
+        if suffixes.endswith((".extxyz", ".xyz"))
+        else "asedb"
+        if suffixes.endswith(".db")
+        else None
     )
-    loaders = {"csv": load_cdvae_csv, "json": load_pymatgen_json, "extxyz": load_extxyz,
-               "asedb": load_ase_db}
+    loaders = {
+        "csv": load_cdvae_csv,
+        "json": load_pymatgen_json,
+        "extxyz": load_extxyz,
+        "asedb": load_ase_db,
+    }
     if fmt not in loaders:
         raise ValueError(f"cannot tell the format of {path}; pass fmt= one of {sorted(loaders)}")
     return loaders[fmt](path, limit=limit, progress=progress)

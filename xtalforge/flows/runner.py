@@ -135,18 +135,26 @@ def run_campaign(
             for key in ("dataset_fingerprint",):
                 if key in j.metadata:
                     fps[j.name] = j.metadata[key]
-        record = new_campaign_record(campaign_id, config, flow.to_json(), seeds=seeds,
-                                     dataset_fingerprints=fps)
+        record = new_campaign_record(
+            campaign_id, config, flow.to_json(), seeds=seeds, dataset_fingerprints=fps
+        )
         upsert_campaign(store, record)
     jobs = list(iter_jobs(flow))
     done = completed_uuids(store, [j.uuid for j in jobs])
     remaining = [j for j in jobs if j.uuid not in done]
     run_entry: dict[str, Any] = {
-        "started_at": now(), "host": socket.gethostname(), "pid": os.getpid(),
+        "started_at": now(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         "skipped": sorted(j.name for j in jobs if j.uuid in done),
     }
-    logger.info("campaign %s: %d jobs, %d already finished, %d to run",
-                campaign_id, len(jobs), len(done), len(remaining))
+    logger.info(
+        "campaign %s: %d jobs, %d already finished, %d to run",
+        campaign_id,
+        len(jobs),
+        len(done),
+        len(remaining),
+    )
     record["status"] = "running"
     record.setdefault("runs", []).append(run_entry)
     upsert_campaign(store, record)
@@ -158,20 +166,32 @@ def run_campaign(
         root = Path(root_dir) if root_dir else None
         if root:
             root.mkdir(parents=True, exist_ok=True)
-        run_locally(sub, store=store, root_dir=root, create_folders=root is not None,
-                    allow_external_references=True, log=False)
+        run_locally(
+            sub,
+            store=store,
+            root_dir=root,
+            create_folders=root is not None,
+            allow_external_references=True,
+            log=False,
+        )
         now_done = completed_uuids(store, [j.uuid for j in jobs])
         failed = [j.name for j in remaining if j.uuid not in now_done]
         done = now_done
-    run_entry.update({
-        "finished_at": now(),
-        "ran": [j.name for j in remaining if j.uuid in done],
-        "failed": failed,
-    })
+    run_entry.update(
+        {
+            "finished_at": now(),
+            "ran": [j.name for j in remaining if j.uuid in done],
+            "failed": failed,
+        }
+    )
     record["status"] = "completed" if len(done) == len(jobs) else "incomplete"
     record["runs"][-1] = run_entry
     upsert_campaign(store, record)
     if failed:
         logger.error("campaign %s: jobs did not finish: %s", campaign_id, failed)
-    return {"campaign_id": campaign_id, "status": record["status"], **run_entry,
-            "n_jobs": len(jobs)}
+    return {
+        "campaign_id": campaign_id,
+        "status": record["status"],
+        **run_entry,
+        "n_jobs": len(jobs),
+    }

@@ -68,7 +68,8 @@ def job_context(store: JobStore | None = None, campaign_id: str | None = None) -
     store = store or CURRENT_JOB.store
     if store is None:
         raise RuntimeError(
-            "no JobStore: run this job through jobflow (run_locally / jobflow-remote) or pass store="
+            "no JobStore: run this job through jobflow (run_locally, jobflow-remote) "
+            "or pass store="
         )
     metadata = dict(getattr(job, "metadata", None) or {})
     return JobContext(

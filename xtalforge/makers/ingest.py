@@ -66,38 +66,74 @@ class IngestDatasetMaker(Maker):
         ctx = job_context()
         report = load_source(self.source, self.fmt, self.limit)
         origin = f"dataset:{report.name}:{report.fingerprint[:16]}"
-        lineage = {"source": self.source, "dataset": report.name, "split": self.split,
-                   "dataset_fingerprint": report.fingerprint, "parent_job_uuid": ctx.job_uuid}
+        lineage = {
+            "source": self.source,
+            "dataset": report.name,
+            "split": self.split,
+            "dataset_fingerprint": report.fingerprint,
+            "parent_job_uuid": ctx.job_uuid,
+        }
         docs = []
         for e in report.entries:
             sid = make_structure_id(ctx.campaign_id, origin, e.source_id)
-            docs.append(make_structure_doc(
-                e.structure, structure_id=sid, campaign_id=ctx.campaign_id, stage="dataset",
-                lineage={**lineage, "source_id": e.source_id}, properties=e.properties,
-                job_uuid=ctx.job_uuid, job_name=ctx.job_name, split=self.split,
-            ))
+            docs.append(
+                make_structure_doc(
+                    e.structure,
+                    structure_id=sid,
+                    campaign_id=ctx.campaign_id,
+                    stage="dataset",
+                    lineage={**lineage, "source_id": e.source_id},
+                    properties=e.properties,
+                    job_uuid=ctx.job_uuid,
+                    job_name=ctx.job_name,
+                    split=self.split,
+                )
+            )
         for r in report.rejected:
             sid = make_structure_id(ctx.campaign_id, origin, r.source_id)
-            docs.append(make_structure_doc(
-                None, structure_id=sid, campaign_id=ctx.campaign_id, stage="dataset",
-                errors=[r.reason], lineage={**lineage, "source_id": r.source_id},
-                job_uuid=ctx.job_uuid, job_name=ctx.job_name, split=self.split,
-            ))
+            docs.append(
+                make_structure_doc(
+                    None,
+                    structure_id=sid,
+                    campaign_id=ctx.campaign_id,
+                    stage="dataset",
+                    errors=[r.reason],
+                    lineage={**lineage, "source_id": r.source_id},
+                    job_uuid=ctx.job_uuid,
+                    job_name=ctx.job_name,
+                    split=self.split,
+                )
+            )
         # resume inside the job: documents written by an interrupted earlier attempt are kept
-        done = existing_keys(ctx.structures, {"campaign_id": ctx.campaign_id, "stage": "dataset",
-                                              "lineage.dataset_fingerprint": report.fingerprint})
+        done = existing_keys(
+            ctx.structures,
+            {
+                "campaign_id": ctx.campaign_id,
+                "stage": "dataset",
+                "lineage.dataset_fingerprint": report.fingerprint,
+            },
+        )
         todo = [d for d in docs if d["doc_id"] not in done]
         written = 0
-        for i in tqdm(range(0, len(todo), self.chunk_size), desc="write dataset docs",
-                      unit="chunk", disable=len(todo) < 5 * self.chunk_size):
+        for i in tqdm(
+            range(0, len(todo), self.chunk_size),
+            desc="write dataset docs",
+            unit="chunk",
+            disable=len(todo) < 5 * self.chunk_size,
+        ):
             chunk = todo[i : i + self.chunk_size]
-            bulk_upsert(ctx.structures, chunk,
-                        scope={"campaign_id": ctx.campaign_id, "stage": "dataset"})
+            bulk_upsert(
+                ctx.structures, chunk, scope={"campaign_id": ctx.campaign_id, "stage": "dataset"}
+            )
             written += len(chunk)
         summary = report.summary()
         logger.info(
             "ingested %s: %d accepted, %d rejected, %d written now, %d already stored",
-            report.name, summary["n_accepted"], summary["n_rejected"], written, len(done),
+            report.name,
+            summary["n_accepted"],
+            summary["n_rejected"],
+            written,
+            len(done),
         )
         return {
             **summary,
@@ -105,8 +141,14 @@ class IngestDatasetMaker(Maker):
             "campaign_id": ctx.campaign_id,
             "written": written,
             "already_stored": len(done & {d["doc_id"] for d in docs}),
-            "rejections": [{"source_id": r.source_id, "reason": r.reason,
-                            "doc_id": doc_id(make_structure_id(ctx.campaign_id, origin,
-                                                               r.source_id), "dataset")}
-                           for r in report.rejected],
+            "rejections": [
+                {
+                    "source_id": r.source_id,
+                    "reason": r.reason,
+                    "doc_id": doc_id(
+                        make_structure_id(ctx.campaign_id, origin, r.source_id), "dataset"
+                    ),
+                }
+                for r in report.rejected
+            ],
         }

@@ -4,7 +4,7 @@ A campaign writes everything to one ``JobStore``:
 
 * ``docs_store``: jobflow's job documents (outputs of every job, with uuid and index);
 * ``additional_stores["data"]``: large job outputs (atomate2 force-field and VASP jobs need it);
-* ``additional_stores["blobs"]``: model checkpoints and large arrays (never inlined in task documents);
+* ``additional_stores["blobs"]``: model checkpoints and large arrays (never inlined);
 * ``additional_stores["structures"]``: one document per structure and stage (dataset entries,
   samples, screening results, DFT results), written in bulk;
 * ``additional_stores["campaigns"]``: one provenance record per campaign.
@@ -17,8 +17,9 @@ variable ``XTALFORGE_STORE``, then the embedded default.
 ``"memory"``
     maggma :class:`~maggma.stores.MemoryStore` (mongomock): in-process only, for tests.
 ``"mongodb://..."`` or ``"mongodb+srv://..."``
-    :class:`~maggma.stores.MongoURIStore` collections in the URI's database (``xtalforge`` when
-    the URI names none), blobs and data in GridFS (:class:`~maggma.stores.gridfs.GridFSURIStore`).
+    :class:`~maggma.stores.MongoStore` collections built from the URI (``MongoStore.from_uri``,
+    maggma's successor of ``MongoURIStore``) in the URI's database (``xtalforge`` when the URI
+    names none); blobs and data in GridFS (``GridFSStore.from_uri``).
 ``"/path/to/store.yaml"`` (or ``.yml`` / ``.json``)
     a jobflow JobStore specification (``{docs_store: {type: MongoStore, ...}, additional_stores:
     {...}}``, the format of jobflow's ``JOB_STORE`` setting; S3 blob stores included), or the
@@ -34,7 +35,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from jobflow import JobStore
-from maggma.stores import MemoryStore, MongoURIStore, MontyStore
+from maggma.stores import MemoryStore, MongoStore, MontyStore
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,11 @@ def build_job_store(
     """
     s = resolve_setting(setting)
     if s == "embedded" or s.startswith("montydb://"):
-        path = Path(s[len("montydb://") :]) if s.startswith("montydb://") else Path(campaign_dir) / "store"
+        path = (
+            Path(s[len("montydb://") :])
+            if s.startswith("montydb://")
+            else Path(campaign_dir) / "store"
+        ).resolve()  # absolute: jobs run in their own folders
         path.mkdir(parents=True, exist_ok=True)
         return _embedded_store(path)
     if s == "memory":
@@ -129,15 +134,15 @@ def _embedded_store(path: Path) -> JobStore:
 
 
 def _mongo_store(uri: str, database: str | None = None) -> JobStore:
-    from maggma.stores.gridfs import GridFSURIStore
+    from maggma.stores.gridfs import GridFSStore
 
     db = database or (urlparse(uri).path.lstrip("/").split("?")[0] or "xtalforge")
 
-    def coll(name: str) -> MongoURIStore:
-        return MongoURIStore(uri, COLLECTIONS[name], database=db)
+    def coll(name: str) -> MongoStore:
+        return MongoStore.from_uri(uri, COLLECTIONS[name], database=db)
 
-    def gridfs(name: str) -> GridFSURIStore:
-        return GridFSURIStore(uri, COLLECTIONS[name], database=db, compression=True)
+    def gridfs(name: str):
+        return GridFSStore.from_uri(uri, COLLECTIONS[name], database=db, compression=True)
 
     return JobStore(
         coll("docs"),

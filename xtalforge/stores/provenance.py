@@ -31,8 +31,22 @@ from xtalforge.stores.documents import clean_floats, now
 logger = logging.getLogger(__name__)
 
 _PACKAGES = (
-    "xtalforge", "torch", "numpy", "pymatgen", "jobflow", "jobflow-remote", "atomate2", "maggma",
-    "montydb", "emmet-core", "custodian", "chgnet", "mace-torch", "smact", "amd", "ase",
+    "xtalforge",
+    "torch",
+    "numpy",
+    "pymatgen",
+    "jobflow",
+    "jobflow-remote",
+    "atomate2",
+    "maggma",
+    "montydb",
+    "emmet-core",
+    "custodian",
+    "chgnet",
+    "mace-torch",
+    "smact",
+    "amd",
+    "ase",
 )
 
 
@@ -53,11 +67,17 @@ def git_commit(path: str | os.PathLike | None = None) -> str | None:
     try:
         sha = subprocess.run(
             ["git", "-C", str(path), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

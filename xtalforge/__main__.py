@@ -1,0 +1,5 @@
+"""``python -m xtalforge`` runs the command line."""
+
+from xtalforge.cli import app
+
+app()
