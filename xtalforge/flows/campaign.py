@@ -2,16 +2,25 @@
 
 ``DiscoveryCampaignMaker`` wires ingest -> pretrain -> RL fine-tune -> sample -> screen -> DFT
 validation -> report; a stage left as ``None`` is skipped. Stages pass references (dataset
-summary, checkpoint record, sample summary ...) so that the flow graph stored in the campaign
-record shows the whole chain.
+summary, checkpoint reference, sample summary ...) so the flow graph stored in the campaign
+record shows the whole chain, and every stage can also run alone from stored checkpoints
+(``checkpoint:`` a path or a reference instead of ``pretrain:``).
 
-Campaign YAML (``xtalforge run campaign.yaml``)::
+Campaign YAML (``xtalforge run campaign.yaml``; every section optional except ``campaign_id``)::
 
     campaign_id: my-campaign
     seed: 0
+    store: mongodb://...                  # or omit for the embedded store
     dataset: {source: ../shared/data/mp20/val.csv.gz, limit: 2000}
-    reference: {source: ../shared/data/mp20/test.csv.gz}   # optional: novelty reference
-    stages: {...}                                          # per-stage maker settings
+    reference: {source: ../shared/data/mp20/test.csv.gz}
+    pretrain: {model: tiny, vae_steps: 300, ldm_steps: 300, device: auto}
+    checkpoint: /path/to/generator.pt     # instead of pretrain: start from a stored model
+    rl: {steps: 3, group_size: 8, ...}    # RLFineTuneMaker fields
+    sample: {n: 200, batch_size: 200, sample_base: true}
+    hull: {kind: mlip, mlip: chgnet}
+    screen: {mlip: chgnet, k: 5}
+    dft: {k: 3}                           # DFTValidationMaker fields
+    report: {}                            # ReportMaker fields
 """
 
 from __future__ import annotations
@@ -23,9 +32,22 @@ from typing import Any
 
 from jobflow import Flow, Maker
 
+from xtalforge.makers.generator import LDMTrainMaker, PretrainMaker, SampleMaker, VAETrainMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
+from xtalforge.makers.screening import HullMaker, ScreenMaker
 
 logger = logging.getLogger(__name__)
+
+GPU_STAGES = (
+    "train vae",
+    "train ldm",
+    "rl fine-tune",
+    "sample",
+    "sample base",
+    "screen",
+    "screen base",
+    "reference hull",
+)
 
 
 @dataclass
@@ -39,35 +61,109 @@ class DiscoveryCampaignMaker(Maker):
     ingest
         Loads the training dataset into the ``structures`` store.
     reference_ingest
-        Optional second dataset (novelty / hull reference), ingested with ``split="reference"``.
-    stage_makers
-        Further stage makers (``pretrain``, ``rl``, ``sample``, ``screen``, ``dft``, ``report``)
-        keyed by stage; each receives the outputs of the earlier stages it needs.
+        Optional second dataset (novelty/hull reference), ingested with ``split="reference"``.
+    pretrain
+        Generator pretraining (VAE then LDM); ``None`` with ``checkpoint`` set starts from a
+        stored model.
+    checkpoint
+        Local path or checkpoint reference used when ``pretrain`` is ``None``.
+    rl
+        RL fine-tuning maker (``RLFineTuneMaker``); ``None`` samples the pretrained model.
+    sample
+        Sampling maker for the final model.
+    sample_base
+        With ``rl`` set, also sample (and screen) the pretrained model, for before/after tables.
+    hull, screen
+        Reference hull and screening makers.
+    dft
+        DFT validation maker (``DFTValidationMaker``).
+    report
+        Report maker (``ReportMaker``).
     """
 
     name: str = "discovery campaign"
     ingest: IngestDatasetMaker = field(default_factory=IngestDatasetMaker)
     reference_ingest: IngestDatasetMaker | None = None
-    stage_makers: dict[str, Maker] = field(default_factory=dict)
+    pretrain: PretrainMaker | None = field(default_factory=PretrainMaker)
+    checkpoint: str | dict | None = None
+    rl: Maker | None = None
+    sample: SampleMaker | None = field(default_factory=SampleMaker)
+    sample_base: bool = True
+    hull: HullMaker | None = field(default_factory=HullMaker)
+    screen: ScreenMaker | None = field(default_factory=ScreenMaker)
+    dft: Maker | None = None
+    report: Maker | None = None
 
     def make(self) -> Flow:
-        """Return the campaign flow."""
-        jobs = []
+        """Return the campaign flow (output: a dict of the stages' outputs)."""
+        jobs: list = []
+        outputs: dict[str, Any] = {}
         ingest = self.ingest.make()
         jobs.append(ingest)
-        ref = None
+        outputs["dataset"] = ingest.output
         if self.reference_ingest is not None:
             ref = self.reference_ingest.make()
             jobs.append(ref)
-        outputs: dict[str, Any] = {"dataset": ingest.output}
-        if ref is not None:
             outputs["reference"] = ref.output
+        if self.pretrain is not None:
+            pre = self.pretrain.make(ingest.output)
+            jobs.append(pre)
+            base_ckpt = pre.output["checkpoint"]
+        elif self.checkpoint is not None:
+            base_ckpt = self.checkpoint
+        else:
+            base_ckpt = None
+        final_ckpt = base_ckpt
+        if self.rl is not None:
+            if base_ckpt is None:
+                raise ValueError("rl needs a pretrain stage or a checkpoint")
+            rl = self.rl.make(base_ckpt)
+            jobs.append(rl)
+            outputs["rl"] = rl.output
+            final_ckpt = rl.output["checkpoint"]
+        samples = []
+        if self.sample is not None and final_ckpt is not None:
+            smp = self.sample.make(final_ckpt)
+            jobs.append(smp)
+            samples.append(("", smp))
+            if self.rl is not None and self.sample_base:
+                base_maker = copy.deepcopy(self.sample)
+                base_maker.name = f"{self.sample.name} base"
+                base_maker.label = "base"
+                sb = base_maker.make(base_ckpt)
+                jobs.append(sb)
+                samples.append((" base", sb))
+        hull = None
+        if self.hull is not None and self.screen is not None and samples:
+            hull = self.hull.make(ingest.output)
+            jobs.append(hull)
+        screens = []
+        if hull is not None:
+            for suffix, smp in samples:
+                maker = copy.deepcopy(self.screen)
+                maker.name = f"{self.screen.name}{suffix}"
+                scr = maker.make(smp.output, hull.output)
+                jobs.append(scr)
+                screens.append(scr)
+                outputs[f"screen{suffix.replace(' ', '_')}"] = scr.output
+        if self.dft is not None and screens:
+            dft = self.dft.make(screens[0].output)
+            jobs.append(dft)
+            outputs["dft"] = dft.output
+        if self.report is not None:
+            rep = self.report.make(outputs)
+            jobs.append(rep)
+            outputs["report"] = rep.output
+        for j in jobs:
+            if hasattr(j, "name") and j.name in GPU_STAGES:
+                j.metadata.setdefault("xtalforge_resource", "gpu")
         return Flow(jobs, output=outputs, name=self.name)
 
 
 def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
     """Build a :class:`DiscoveryCampaignMaker` from a campaign configuration dict."""
     config = copy.deepcopy(config)
+    seed = int(config.get("seed", 0))
     ds = config.get("dataset") or {"source": "demo"}
     ingest = IngestDatasetMaker(name="ingest dataset", split=ds.pop("split", "train"), **ds)
     ref_cfg = config.get("reference")
@@ -76,16 +172,85 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
         ref = IngestDatasetMaker(
             name="ingest reference", split=ref_cfg.pop("split", "reference"), **ref_cfg
         )
+    pretrain = None
+    if config.get("pretrain") is not None or not config.get("checkpoint"):
+        p = dict(config.get("pretrain") or {})
+        common = {k: p.pop(k) for k in ("batch_size", "lr", "device", "dtype", "split") if k in p}
+        pretrain = PretrainMaker(
+            vae_maker=VAETrainMaker(
+                model=p.pop("model", "tiny"),
+                steps=p.pop("vae_steps", 300),
+                max_atoms=p.pop("max_atoms", 20),
+                seed=seed,
+                **common,
+            ),
+            ldm_maker=LDMTrainMaker(steps=p.pop("ldm_steps", 300), seed=seed, **common),
+        )
+        if p:
+            raise ValueError(f"unknown pretrain settings: {sorted(p)}")
+    rl = None
+    if config.get("rl") is not None:
+        from xtalforge.makers.rl import RLFineTuneMaker
+
+        rl = RLFineTuneMaker(**{"seed": seed, **config["rl"]})
+    s = dict(config.get("sample") or {})
+    sample_base = s.pop("sample_base", True)
+    sample = SampleMaker(**{"seed": seed, **s}) if config.get("sample", {}) is not None else None
+    hull = HullMaker(**(config.get("hull") or {}))
+    screen = ScreenMaker(**(config.get("screen") or {}))
+    dft = None
+    if config.get("dft") is not None:
+        from xtalforge.makers.dft import DFTValidationMaker
+
+        dft = DFTValidationMaker(**config["dft"])
+    report = None
+    if config.get("report") is not None:
+        from xtalforge.makers.report import ReportMaker
+
+        report = ReportMaker(**config["report"])
     return DiscoveryCampaignMaker(
-        name=config.get("name", "discovery campaign"), ingest=ingest, reference_ingest=ref
+        name=config.get("name", "discovery campaign"),
+        ingest=ingest,
+        reference_ingest=ref,
+        pretrain=pretrain,
+        checkpoint=config.get("checkpoint"),
+        rl=rl,
+        sample=sample,
+        sample_base=sample_base,
+        hull=hull,
+        screen=screen,
+        dft=dft,
+        report=report,
     )
 
 
 def demo_config(campaign_id: str = "demo", seed: int = 0) -> dict[str, Any]:
-    """Return the configuration of the demo campaign (CPU, minutes)."""
+    """Return the configuration of the demo campaign (whole chain on 2 CPU cores, minutes).
+
+    Tiny generator trained briefly on the demo dataset, a few GRPO steps, CHGNet screening
+    against an MLIP-consistent hull of the demo structures, DFT flows built for the top
+    candidates (stored ready to submit when no VASP is installed) and a report.
+    """
     return {
         "campaign_id": campaign_id,
         "name": "demo campaign",
         "seed": seed,
         "dataset": {"source": "demo", "split": "train"},
+        "pretrain": {
+            "model": "tiny",
+            "vae_steps": 300,
+            "ldm_steps": 300,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "device": "cpu",
+        },
+        "sample": {
+            "n": 200,
+            "batch_size": 200,
+            "chunk_size": 200,
+            "device": "cpu",
+            "sample_base": True,
+        },
+        "hull": {"kind": "mlip", "mlip": "chgnet", "device": "cpu"},
+        "screen": {"mlip": "chgnet", "device": "cpu", "k": 5},
     }

@@ -343,7 +343,9 @@ class SampleMaker(Maker):
             for k, v in res.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
             docs = []
-            for i, (s, reason, na) in enumerate(zip(res.structures, res.reasons, res.num_atoms)):
+            for i, (s, reason, na) in enumerate(
+                zip(res.structures, res.reasons, res.num_atoms, strict=True)
+            ):
                 docs.append(
                     make_structure_doc(
                         s,
