@@ -6,7 +6,8 @@ summary, checkpoint reference, sample summary ...) so the flow graph stored in t
 record shows the whole chain, and every stage can also run alone from stored checkpoints
 (``checkpoint:`` a path or a reference instead of ``pretrain:``).
 
-Campaign YAML (``xtalforge run campaign.yaml``; every section optional except ``campaign_id``)::
+Campaign YAML (``xtalforge run campaign.yaml``): ``campaign_id`` is required; a stage runs only
+when its section is present (``hull`` is used with ``screen``)::
 
     campaign_id: my-campaign
     seed: 0
@@ -84,13 +85,13 @@ class DiscoveryCampaignMaker(Maker):
     name: str = "discovery campaign"
     ingest: IngestDatasetMaker = field(default_factory=IngestDatasetMaker)
     reference_ingest: IngestDatasetMaker | None = None
-    pretrain: PretrainMaker | None = field(default_factory=PretrainMaker)
+    pretrain: PretrainMaker | None = None
     checkpoint: str | dict | None = None
     rl: Maker | None = None
-    sample: SampleMaker | None = field(default_factory=SampleMaker)
+    sample: SampleMaker | None = None
     sample_base: bool = True
-    hull: HullMaker | None = field(default_factory=HullMaker)
-    screen: ScreenMaker | None = field(default_factory=ScreenMaker)
+    hull: HullMaker | None = None
+    screen: ScreenMaker | None = None
     dft: Maker | None = None
     report: Maker | None = None
 
@@ -173,17 +174,12 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
             name="ingest reference", split=ref_cfg.pop("split", "reference"), **ref_cfg
         )
     pretrain = None
-    if config.get("pretrain") is not None or not config.get("checkpoint"):
-        p = dict(config.get("pretrain") or {})
+    if config.get("pretrain") is not None:
+        p = dict(config["pretrain"])
         common = {k: p.pop(k) for k in ("batch_size", "lr", "device", "dtype", "split") if k in p}
         pretrain = PretrainMaker(
-            vae_maker=VAETrainMaker(
-                model=p.pop("model", "tiny"),
-                steps=p.pop("vae_steps", 300),
-                max_atoms=p.pop("max_atoms", 20),
-                seed=seed,
-                **common,
-            ),
+            vae_maker=VAETrainMaker(model=p.pop("model", "tiny"), steps=p.pop("vae_steps", 300),
+                                    max_atoms=p.pop("max_atoms", 20), seed=seed, **common),
             ldm_maker=LDMTrainMaker(steps=p.pop("ldm_steps", 300), seed=seed, **common),
         )
         if p:
@@ -193,11 +189,14 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
         from xtalforge.makers.rl import RLFineTuneMaker
 
         rl = RLFineTuneMaker(**{"seed": seed, **config["rl"]})
-    s = dict(config.get("sample") or {})
-    sample_base = s.pop("sample_base", True)
-    sample = SampleMaker(**{"seed": seed, **s}) if config.get("sample", {}) is not None else None
-    hull = HullMaker(**(config.get("hull") or {}))
-    screen = ScreenMaker(**(config.get("screen") or {}))
+    sample = None
+    sample_base = True
+    if config.get("sample") is not None:
+        s = dict(config["sample"])
+        sample_base = s.pop("sample_base", True)
+        sample = SampleMaker(**{"seed": seed, **s})
+    screen = ScreenMaker(**config["screen"]) if config.get("screen") is not None else None
+    hull = HullMaker(**(config.get("hull") or {})) if screen is not None else None
     dft = None
     if config.get("dft") is not None:
         from xtalforge.makers.dft import DFTValidationMaker
@@ -235,7 +234,7 @@ def demo_config(campaign_id: str = "demo", seed: int = 0) -> dict[str, Any]:
         "campaign_id": campaign_id,
         "name": "demo campaign",
         "seed": seed,
-        "dataset": {"source": "demo", "split": "train"},
+        "dataset": {"source": "demo", "split": "train", "limit": 400},
         "pretrain": {
             "model": "tiny",
             "vae_steps": 300,
