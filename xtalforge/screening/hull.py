@@ -1,0 +1,616 @@
+"""Reference convex hulls and energies above the hull.
+
+A :class:`ReferenceHull` holds reference entries (composition + energy) on one energy scale
+and answers ``e_above_hull`` queries with pymatgen :class:`~pymatgen.analysis.phase_diagram.
+PhaseDiagram` objects built per chemical system (the entries of every sub-system of the
+query's elements) and cached. For a query in chemical system ``S`` this is the same hull that
+a :class:`~pymatgen.analysis.phase_diagram.PatchedPhaseDiagram` over all entries gives, without
+building the patches up front; PatchedPhaseDiagram pickles (as Chemeleon2 and
+matbench-discovery distribute them) are read by taking their entries.
+
+Energy scales
+-------------
+``energy_kind="total"``
+    Absolute energies (DFT or MLIP total energies). Elemental references are the lowest-energy
+    elemental entries of the set; a chemical system without one for each element is not
+    covered (NaN, reason ``missing terminal entries``).
+``energy_kind="formation"``
+    Formation energies with every element at 0 (e.g. MP-20's ``formation_energy_per_atom``).
+    Total-energy queries are converted with elemental chemical potentials
+    ``E_form = E_total - sum_a mu_a n_a`` (seed 000, Methods), where ``mu_a`` must come from the
+    same energy model as the queried energies (:func:`elemental_chemical_potentials`).
+
+Every hull carries a :attr:`ReferenceHull.convention` dict (energy source, MLIP, relaxed,
+reference set, correction scheme, energy kind, entry count, fingerprint) to be recorded with
+every result computed from it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import json
+import logging
+import math
+import pickle
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+    from pymatgen.core import Composition, Structure
+
+    from xtalforge.screening.mlip import EnergyModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ReferenceHull", "elemental_chemical_potentials"]
+
+_CORRECTIONS = ("none", "MP2020", "as_is")
+
+
+def _comp(c: Any) -> Composition:
+    from pymatgen.core import Composition
+
+    if isinstance(c, Composition):
+        return c
+    if isinstance(c, Mapping):
+        return Composition(c)
+    if hasattr(c, "composition"):
+        return c.composition
+    return Composition(str(c))
+
+
+class ReferenceHull:
+    """Convex hull of reference entries, queried per chemical system.
+
+    Parameters
+    ----------
+    compositions : sequence of Composition-like
+        Reference compositions (formula strings, dicts or Compositions).
+    energies : sequence of float
+        Total energy of each reference entry (eV per formula unit as written in
+        ``compositions``, i.e. ``energy_per_atom * n_atoms``), on the scale given by
+        ``energy_kind``.
+    energy_kind : {"total", "formation"}
+        Energy scale of the entries (see module docstring).
+    entry_ids : sequence of str, optional
+        Identifiers (e.g. Materials Project ids).
+    chemical_potentials : mapping of str to float, optional
+        Elemental chemical potentials ``mu_a`` (eV/atom) of the *queried* energy model. For a
+        formation hull they convert total-energy queries; for a total hull they override the
+        hull's own elemental references when converting formation-energy queries.
+    convention : dict, optional
+        Description of how the hull was built (merged into :attr:`convention`).
+    max_cache : int
+        Max number of cached per-chemical-system phase diagrams.
+    """
+
+    def __init__(
+        self,
+        compositions: Sequence[Any],
+        energies: Sequence[float],
+        energy_kind: str = "total",
+        entry_ids: Sequence[str] | None = None,
+        chemical_potentials: Mapping[str, float] | None = None,
+        convention: Mapping[str, Any] | None = None,
+        max_cache: int = 50_000,
+    ) -> None:
+        if energy_kind not in ("total", "formation"):
+            raise ValueError("energy_kind must be 'total' or 'formation'")
+        if len(compositions) != len(energies):
+            raise ValueError("compositions and energies differ in length")
+        comps = [_comp(c) for c in compositions]
+        energies_arr = np.asarray(energies, dtype=float)
+        keep = np.isfinite(energies_arr)
+        if not keep.all():
+            logger.warning("dropping %d reference entries with non-finite energy",
+                           int((~keep).sum()))
+        self.energy_kind = energy_kind
+        ids = list(entry_ids) if entry_ids is not None else [f"ref-{i}" for i in
+                                                               range(len(comps))]
+        self.compositions = [c for c, k in zip(comps, keep, strict=True) if k]
+        self.energies = energies_arr[keep]
+        self.entry_ids = [str(i) for i, k in zip(ids, keep, strict=True) if k]
+        self.chemical_potentials = dict(chemical_potentials or {})
+        self.max_cache = max_cache
+        self._by_chemsys: dict[frozenset[str], list[int]] = defaultdict(list)
+        for i, c in enumerate(self.compositions):
+            self._by_chemsys[frozenset(el.symbol for el in c.elements)].append(i)
+        self.elements = frozenset(itertools.chain.from_iterable(self._by_chemsys))
+        self._pd_cache: dict[frozenset[str], PhaseDiagram | str] = {}
+        self._elemental_refs: dict[str, float] | None = None
+        conv = {
+            "energy_kind": energy_kind,
+            "energy_source": None,
+            "mlip": None,
+            "relaxed": None,
+            "reference_set": None,
+            "correction": None,
+            "chemical_potentials_source": None,
+        }
+        conv.update(dict(convention or {}))
+        conv["n_entries"] = len(self.compositions)
+        conv["fingerprint"] = self.fingerprint()
+        self.convention: dict[str, Any] = conv
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_formation_energies(
+        cls,
+        compositions: Sequence[Any],
+        e_form_per_atom: Sequence[float],
+        entry_ids: Sequence[str] | None = None,
+        chemical_potentials: Mapping[str, float] | None = None,
+        convention: Mapping[str, Any] | None = None,
+    ) -> ReferenceHull:
+        """Hull from a formation-energy table (elemental references at 0 eV/atom).
+
+        Parameters
+        ----------
+        compositions : sequence of Composition-like
+            Compositions of the reference phases.
+        e_form_per_atom : sequence of float
+            Formation energies (eV/atom), e.g. MP-20's ``formation_energy_per_atom``.
+        entry_ids : sequence of str, optional
+            Identifiers.
+        chemical_potentials : mapping, optional
+            ``mu_a`` of the energy model whose *total* energies will be queried.
+        convention : dict, optional
+            Extra convention fields (``reference_set``, ``correction`` ...).
+        """
+        comps = [_comp(c) for c in compositions]
+        energies = [float(e) * c.num_atoms for c, e in zip(comps, e_form_per_atom, strict=True)]
+        elements = sorted({el.symbol for c in comps for el in c.elements})
+        from pymatgen.core import Composition
+
+        comps += [Composition(el) for el in elements]
+        energies += [0.0] * len(elements)
+        ids = list(entry_ids) if entry_ids is not None else [f"ref-{i}" for i in
+                                                               range(len(e_form_per_atom))]
+        ids += [f"element-{el}" for el in elements]
+        conv = {"energy_source": "formation-energy table"}
+        conv.update(dict(convention or {}))
+        return cls(comps, energies, "formation", ids, chemical_potentials, conv)
+
+    @classmethod
+    def from_total_energies(
+        cls,
+        compositions: Sequence[Any],
+        energies_per_atom: Sequence[float],
+        entry_ids: Sequence[str] | None = None,
+        chemical_potentials: Mapping[str, float] | None = None,
+        convention: Mapping[str, Any] | None = None,
+    ) -> ReferenceHull:
+        """Hull from total energies per atom (DFT or MLIP) of reference phases.
+
+        The reference set must contain elemental phases for every element of a queried
+        chemical system; otherwise that system is not covered.
+        """
+        comps = [_comp(c) for c in compositions]
+        energies = [float(e) * c.num_atoms for c, e in zip(comps, energies_per_atom,
+                                                            strict=True)]
+        return cls(comps, energies, "total", entry_ids, chemical_potentials, convention)
+
+    @classmethod
+    def from_entries(
+        cls,
+        entries: Iterable[Any],
+        correction: str = "none",
+        convention: Mapping[str, Any] | None = None,
+    ) -> ReferenceHull:
+        """Hull from pymatgen entries (``ComputedEntry``, ``ComputedStructureEntry``, ``PDEntry``).
+
+        Parameters
+        ----------
+        entries : iterable of Entry
+            Reference entries.
+        correction : {"none", "MP2020", "as_is"}
+            ``"none"``: uncorrected energies (``entry.uncorrected_energy``; Chemeleon2's
+            convention); ``"MP2020"``: re-processed with ``MaterialsProject2020Compatibility``
+            (entries it cannot process are dropped and counted); ``"as_is"``: ``entry.energy``.
+        convention : dict, optional
+            Extra convention fields.
+        """
+        if correction not in _CORRECTIONS:
+            raise ValueError(f"correction must be one of {_CORRECTIONS}")
+        entries = list(entries)
+        n_in = len(entries)
+        if correction == "MP2020":
+            from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
+
+            try:
+                compat = MaterialsProject2020Compatibility(check_potcar=False)
+            except TypeError:  # pragma: no cover - older pymatgen
+                compat = MaterialsProject2020Compatibility()
+            entries = compat.process_entries(entries, clean=True, on_error="ignore")
+            energies = [e.energy for e in entries]
+        elif correction == "none":
+            energies = [getattr(e, "uncorrected_energy", e.energy) for e in entries]
+        else:
+            energies = [e.energy for e in entries]
+        ids = [str(getattr(e, "entry_id", None) or f"ref-{i}") for i, e in enumerate(entries)]
+        conv = {"correction": correction, "n_entries_in": n_in,
+                "n_entries_dropped_by_correction": n_in - len(entries)}
+        conv.update(dict(convention or {}))
+        return cls([e.composition for e in entries], energies, "total", ids, None, conv)
+
+    @classmethod
+    def from_entries_file(
+        cls,
+        path: str | Path,
+        correction: str = "none",
+        convention: Mapping[str, Any] | None = None,
+    ) -> ReferenceHull:
+        """Hull from an entries file.
+
+        Reads ``*.json``/``*.json.gz`` (a list or dict of entries, or a serialised
+        ``PhaseDiagram``/``PatchedPhaseDiagram``) with monty's ``loadfn``, or a
+        ``*.pkl``/``*.pkl.gz`` pickle of a (Patched)PhaseDiagram or a list of entries.
+        """
+        path = Path(path)
+        name = path.name.lower()
+        if ".pkl" in name or ".pickle" in name:
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rb") as fh:
+                obj = pickle.load(fh)  # noqa: S301 - user-provided reference file
+        else:
+            from monty.serialization import loadfn
+
+            obj = loadfn(path)
+        if hasattr(obj, "all_entries"):
+            entries = list(obj.all_entries)
+        elif isinstance(obj, Mapping):
+            entries = list(obj.values())
+        else:
+            entries = list(obj)
+        conv = {"reference_set": str(path.name), "energy_source": "entries file"}
+        conv.update(dict(convention or {}))
+        return cls.from_entries(entries, correction=correction, convention=conv)
+
+    @classmethod
+    def from_structures(
+        cls,
+        structures: Sequence[Structure],
+        energy_model: EnergyModel,
+        relax: bool = False,
+        relax_kwargs: Mapping[str, Any] | None = None,
+        entry_ids: Sequence[str] | None = None,
+        batch_size: int = 64,
+        reference_set: str | None = None,
+        progress: bool = False,
+    ) -> ReferenceHull:
+        """MLIP-consistent hull: reference structures evaluated with ``energy_model``.
+
+        Structures the model fails on are left out; their number is recorded in the
+        convention (``n_failed``). Save the result with :meth:`save` to reuse it.
+        """
+        ids = list(entry_ids) if entry_ids is not None else [f"ref-{i}" for i in
+                                                               range(len(structures))]
+        if relax:
+            rr = energy_model.relax(structures, **dict(relax_kwargs or {}), progress=progress)
+            e_pa = [r.energy_per_atom for r in rr]
+            errors = [r.error for r in rr]
+        else:
+            res = energy_model.predict(structures, batch_size=batch_size, progress=progress)
+            e_pa = [r.energy_per_atom for r in res]
+            errors = [r.error for r in res]
+        ok = [i for i, err in enumerate(errors) if err is None and np.isfinite(e_pa[i])]
+        conv = {
+            "energy_source": "mlip",
+            "mlip": energy_model.info,
+            "relaxed": bool(relax),
+            "relax_kwargs": dict(relax_kwargs or {}) if relax else None,
+            "reference_set": reference_set,
+            "correction": "none",
+            "n_failed": len(structures) - len(ok),
+        }
+        return cls.from_total_energies(
+            [structures[i].composition for i in ok], [e_pa[i] for i in ok],
+            [ids[i] for i in ok], convention=conv,
+        )
+
+    # ------------------------------------------------------------------ properties
+    def fingerprint(self) -> str:
+        """SHA-256 over the entries, energy kind and chemical potentials."""
+        h = hashlib.sha256()
+        h.update(self.energy_kind.encode())
+        rows = sorted(
+            (c.formula, round(float(e), 8)) for c, e in zip(self.compositions, self.energies,
+                                                            strict=True)
+        )
+        h.update(json.dumps(rows).encode())
+        h.update(json.dumps(sorted((k, round(v, 8)) for k, v in
+                                   self.chemical_potentials.items())).encode())
+        return h.hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.compositions)
+
+    def __repr__(self) -> str:
+        fp = self.convention["fingerprint"][:12]
+        return (f"ReferenceHull({len(self)} entries, {self.energy_kind}, "
+                f"{len(self.elements)} elements, fingerprint={fp})")
+
+    def with_chemical_potentials(
+        self, chemical_potentials: Mapping[str, float], source: str | None = None
+    ) -> ReferenceHull:
+        """Return a copy using ``chemical_potentials`` for total/formation conversions."""
+        conv = dict(self.convention)
+        conv.pop("fingerprint", None)
+        conv["chemical_potentials_source"] = source
+        return ReferenceHull(self.compositions, self.energies, self.energy_kind, self.entry_ids,
+                             chemical_potentials, conv, self.max_cache)
+
+    @property
+    def elemental_references(self) -> dict[str, float]:
+        """Lowest energy per atom of each element's elemental entries (eV/atom)."""
+        if self._elemental_refs is None:
+            refs: dict[str, float] = {}
+            for chemsys, idx in self._by_chemsys.items():
+                if len(chemsys) != 1:
+                    continue
+                (el,) = chemsys
+                refs[el] = min(self.energies[i] / self.compositions[i].num_atoms for i in idx)
+            self._elemental_refs = refs
+        return self._elemental_refs
+
+    # ------------------------------------------------------------------ phase diagrams
+    def phase_diagram(self, elements: Iterable[str]) -> PhaseDiagram:
+        """Return the (cached) phase diagram of a chemical system; raise if not covered."""
+        pd = self._get_pd(frozenset(elements))
+        if isinstance(pd, str):
+            raise ValueError(pd)
+        return pd
+
+    def _get_pd(self, chemsys: frozenset[str]) -> PhaseDiagram | str:
+        cached = self._pd_cache.get(chemsys)
+        if cached is not None:
+            return cached
+        from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+        from pymatgen.core.periodic_table import Element
+
+        missing = sorted(chemsys - self.elements)
+        if missing:
+            result: PhaseDiagram | str = (
+                f"element(s) {', '.join(missing)} not covered by the reference hull")
+        else:
+            idx: list[int] = []
+            els = sorted(chemsys)
+            for r in range(1, len(els) + 1):
+                for sub in itertools.combinations(els, r):
+                    idx.extend(self._by_chemsys.get(frozenset(sub), ()))
+            entries = [PDEntry(self.compositions[i], float(self.energies[i]),
+                               name=self.entry_ids[i]) for i in idx]
+            try:
+                result = PhaseDiagram(entries, elements=[Element(e) for e in els])
+            except Exception as exc:  # noqa: BLE001 - e.g. missing terminal entries
+                result = f"cannot build hull for {'-'.join(els)}: {exc}"
+        if len(self._pd_cache) >= self.max_cache:
+            self._pd_cache.pop(next(iter(self._pd_cache)))
+        self._pd_cache[chemsys] = result
+        return result
+
+    # ------------------------------------------------------------------ queries
+    def _mu(self) -> dict[str, float]:
+        if self.energy_kind == "total":
+            return {**self.elemental_references, **self.chemical_potentials}
+        return dict(self.chemical_potentials)
+
+    def e_above_hull(
+        self,
+        compositions: Sequence[Any],
+        energies_per_atom: Sequence[float],
+        kind: str = "total",
+        return_reasons: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, list[str | None]]:
+        """Energy above the hull (eV/atom) of query compositions.
+
+        Parameters
+        ----------
+        compositions : sequence of Composition-like
+            Query compositions (structures are accepted too: their composition is used).
+        energies_per_atom : sequence of float
+            Query energies per atom: total energies (``kind="total"``) on the energy model's
+            scale, or formation energies (``kind="formation"``).
+        kind : {"total", "formation"}
+            Scale of ``energies_per_atom``. Conversions use ``E_form = E_total - sum_a mu_a x_a``
+            (per atom) with the hull's chemical potentials.
+        return_reasons : bool
+            Also return one reason string (``None`` when OK) per query.
+
+        Returns
+        -------
+        numpy.ndarray or (numpy.ndarray, list)
+            Energies above the hull; negative when below it (no clipping), NaN when the query
+            energy is not finite or the chemical system is not covered (see reasons).
+        """
+        if kind not in ("total", "formation"):
+            raise ValueError("kind must be 'total' or 'formation'")
+        comps = [_comp(c) for c in compositions]
+        e_q = np.asarray(energies_per_atom, dtype=float)
+        if len(comps) != len(e_q):
+            raise ValueError("compositions and energies differ in length")
+        out = np.full(len(comps), np.nan)
+        reasons: list[str | None] = [None] * len(comps)
+        mu = self._mu() if kind != self.energy_kind else {}
+        groups: dict[frozenset[str], list[int]] = defaultdict(list)
+        for i, c in enumerate(comps):
+            if not np.isfinite(e_q[i]):
+                reasons[i] = "no finite energy"
+                continue
+            if c.num_atoms == 0:
+                reasons[i] = "empty composition"
+                continue
+            groups[frozenset(el.symbol for el in c.elements)].append(i)
+        for chemsys, idx in groups.items():
+            if kind != self.energy_kind:
+                absent = sorted(chemsys - set(mu))
+                if absent:
+                    for i in idx:
+                        reasons[i] = (f"no chemical potential for {', '.join(absent)} to convert "
+                                      f"{kind} energies to the hull's {self.energy_kind} scale")
+                    continue
+            pd = self._get_pd(chemsys)
+            if isinstance(pd, str):
+                for i in idx:
+                    reasons[i] = pd
+                continue
+            for i in idx:
+                c = comps[i]
+                e = e_q[i]
+                if kind != self.energy_kind:
+                    shift = sum(mu[el.symbol] * c.get_atomic_fraction(el) for el in c.elements)
+                    e = e - shift if kind == "total" else e + shift
+                try:
+                    out[i] = e - pd.get_hull_energy_per_atom(c)
+                except Exception as exc:  # noqa: BLE001
+                    reasons[i] = f"hull query failed: {exc}"
+        if return_reasons:
+            return out, reasons
+        return out
+
+    def formation_energy_per_atom(
+        self, compositions: Sequence[Any], total_energies_per_atom: Sequence[float]
+    ) -> np.ndarray:
+        """Return per-atom ``E_total - sum_a mu_a x_a`` (NaN without chemical potentials)."""
+        mu = self._mu() if self.energy_kind == "total" else self.chemical_potentials
+        out = np.full(len(compositions), np.nan)
+        for i, (c, e) in enumerate(zip(compositions, total_energies_per_atom, strict=True)):
+            c = _comp(c)
+            if all(el.symbol in mu for el in c.elements):
+                out[i] = float(e) - sum(mu[el.symbol] * c.get_atomic_fraction(el)
+                                        for el in c.elements)
+        return out
+
+    # ------------------------------------------------------------------ serialisation
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict (entries as formula dicts + energies)."""
+        return {
+            "@module": type(self).__module__,
+            "@class": type(self).__name__,
+            "energy_kind": self.energy_kind,
+            "compositions": [{el.symbol: float(a) for el, a in c.items()}
+                             for c in self.compositions],
+            "energies": [float(e) for e in self.energies],
+            "entry_ids": list(self.entry_ids),
+            "chemical_potentials": dict(self.chemical_potentials),
+            "convention": _jsonable(self.convention),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReferenceHull:
+        """Inverse of :meth:`as_dict`."""
+        conv = dict(d.get("convention") or {})
+        expected = conv.pop("fingerprint", None)
+        hull = cls(d["compositions"], d["energies"], d["energy_kind"], d.get("entry_ids"),
+                   d.get("chemical_potentials"), conv)
+        if expected is not None and expected != hull.convention["fingerprint"]:
+            logger.warning("hull fingerprint changed on reload (%s -> %s)", expected,
+                           hull.convention["fingerprint"])
+        return hull
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``.json``, ``.json.gz`` or ``.parquet`` (convention in the metadata)."""
+        path = Path(path)
+        if path.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            d = self.as_dict()
+            table = pa.table({
+                "entry_id": d["entry_ids"],
+                "composition": [json.dumps(c) for c in d["compositions"]],
+                "energy": d["energies"],
+            })
+            meta = {k: v for k, v in d.items() if k not in ("compositions", "energies",
+                                                          "entry_ids")}
+            table = table.replace_schema_metadata({"xtalforge_hull": json.dumps(meta)})
+            pq.write_table(table, path)
+        else:
+            text = json.dumps(self.as_dict())
+            if path.name.endswith(".gz"):
+                with gzip.open(path, "wt") as fh:
+                    fh.write(text)
+            else:
+                path.write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceHull:
+        """Read a file written by :meth:`save`."""
+        path = Path(path)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            meta = json.loads(table.schema.metadata[b"xtalforge_hull"])
+            cols = table.to_pydict()
+            d = dict(meta, entry_ids=cols["entry_id"],
+                     compositions=[json.loads(c) for c in cols["composition"]],
+                     energies=cols["energy"])
+            return cls.from_dict(d)
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt") as fh:
+            return cls.from_dict(json.load(fh))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+def elemental_chemical_potentials(
+    energy_model: EnergyModel,
+    structures: Sequence[Structure],
+    relax: bool = False,
+    relax_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Elemental chemical potentials ``mu_a`` (eV/atom) from the given energy model.
+
+    Parameters
+    ----------
+    energy_model : EnergyModel
+        The model whose total energies will be queried against a formation-energy hull.
+    structures : sequence of Structure
+        Elemental structures (one or more per element, e.g. the ground-state polymorphs); the
+        lowest energy per atom per element is taken.
+    relax : bool
+        Relax the elemental structures first.
+    relax_kwargs : dict, optional
+        Passed to :meth:`EnergyModel.relax`.
+
+    Returns
+    -------
+    dict
+        ``{element symbol: mu}``; elements whose every structure failed are absent.
+    """
+    for s in structures:
+        if len(s.composition.elements) != 1:
+            raise ValueError(f"not an elemental structure: {s.composition.reduced_formula}")
+    if relax:
+        res = energy_model.relax(structures, **dict(relax_kwargs or {}))
+        e_pa = [r.energy_per_atom if r.ok else math.nan for r in res]
+    else:
+        e_pa = [r.energy_per_atom if r.ok else math.nan for r in energy_model.predict(structures)]
+    mu: dict[str, float] = {}
+    for s, e in zip(structures, e_pa, strict=True):
+        if not np.isfinite(e):
+            continue
+        el = s.composition.elements[0].symbol
+        mu[el] = min(mu.get(el, math.inf), float(e))
+    return mu

@@ -1,0 +1,290 @@
+"""Screen generated structures: MLIP energies, energy above hull, discovery metrics, ranking.
+
+``screen_structures`` returns one record per input structure (never dropping one: failures
+carry ``errors``) and a summary; ``rank_candidates`` orders records for DFT validation.
+Every record carries the energy model spec and the hull fingerprint; the summary carries the
+full hull ``convention`` and model info.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from xtalforge.screening.metrics import (
+    METASTABLE_THRESHOLD,
+    ReferenceSet,
+    compute_metrics,
+    structural_validity,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pymatgen.core import Structure
+
+    from xtalforge.screening.hull import ReferenceHull
+    from xtalforge.screening.mlip import EnergyModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["rank_candidates", "screen_structures"]
+
+
+def screen_structures(
+    structures: Sequence[Structure | None],
+    energy_model: EnergyModel,
+    hull: ReferenceHull,
+    reference_structures: ReferenceSet | Sequence[Structure] | None = None,
+    embeddings: np.ndarray | None = None,
+    reference_embeddings: np.ndarray | None = None,
+    relax: bool = False,
+    relax_kwargs: Mapping[str, Any] | None = None,
+    batch_size: int = 64,
+    n_jobs: int = 1,
+    compute_amd: bool = False,
+    skip_invalid: bool = True,
+    matcher_kwargs: Mapping[str, Any] | None = None,
+    metastable_threshold: float = METASTABLE_THRESHOLD,
+    metastable_inclusive: bool = False,
+    include_structures: bool = False,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Energies, hull distances and metrics for generated structures.
+
+    Parameters
+    ----------
+    structures : sequence of Structure or None
+        Generated structures; ``None`` marks one that failed upstream (kept, counted).
+    energy_model : EnergyModel
+        From :func:`xtalforge.screening.mlip.get_energy_model`.
+    hull : ReferenceHull
+        Reference hull on the energy model's total-energy scale (an MLIP hull), or a
+        formation hull with the model's chemical potentials.
+    reference_structures : ReferenceSet or sequence of Structure, optional
+        Reference set for novelty (build a :class:`ReferenceSet` once and reuse it).
+    embeddings, reference_embeddings : numpy.ndarray, optional
+        Generator embeddings for coverage.
+    relax : bool
+        Relax with the energy model first (energies, hull distances and matching then use the
+        relaxed structures); single points otherwise (Chemeleon2's convention).
+    relax_kwargs : dict, optional
+        Passed to :meth:`EnergyModel.relax` (``optimizer``, ``fmax``, ``steps``, ``cell_filter``).
+    batch_size : int
+        Single-point batch size.
+    n_jobs : int
+        Worker processes for matching / SMACT.
+    compute_amd : bool
+        Min same-formula AMD distances and creativity reward (needs average-minimum-distance).
+    skip_invalid : bool
+        Do not evaluate structures failing the 0.5 Å structural check (error recorded).
+    matcher_kwargs : dict, optional
+        StructureMatcher overrides.
+    metastable_threshold, metastable_inclusive : float, bool
+        Metastability definition (default ``< 0.1`` eV/atom).
+    include_structures : bool
+        Put the input (and relaxed) structure dicts in the records.
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    records : list of dict
+        One per input, in order: ``index, formula, n_sites, energy, energy_per_atom,
+        max_force, e_above_hull, structure_valid, smact_valid, valid, unique, novel, stable,
+        metastable, sun, msun, [min_amd_distance, creativity], relaxed, errors,
+        energy_model, hull_fingerprint``.
+    summary : dict
+        Aggregated metrics (failure-aware denominators), timings, model info, hull convention.
+    """
+    t0 = time.perf_counter()
+    n = len(structures)
+    errors: list[list[str]] = [[] for _ in range(n)]
+    to_eval: list[int] = []
+    for i, s in enumerate(structures):
+        if s is None:
+            errors[i].append("invalid structure (None)")
+            continue
+        if skip_invalid:
+            ok, reason = structural_validity(s)
+            if not ok:
+                errors[i].append(f"not evaluated: structurally invalid ({reason})")
+                continue
+        to_eval.append(i)
+
+    energy = np.full(n, np.nan)
+    e_pa = np.full(n, np.nan)
+    max_force = np.full(n, np.nan)
+    final: list[Structure | None] = list(structures)
+    relax_info: dict[int, tuple[int, bool]] = {}
+    t_energy = time.perf_counter()
+    sub = [structures[i] for i in to_eval]
+    if relax:
+        results = energy_model.relax(sub, **dict(relax_kwargs or {}), progress=progress)
+        for i, r in zip(to_eval, results, strict=True):
+            if r.error:
+                errors[i].append(f"relaxation: {r.error}")
+                continue
+            energy[i], e_pa[i] = r.energy, r.energy_per_atom
+            final[i] = r.structure
+            relax_info[i] = (r.n_steps, r.converged)
+    else:
+        results_sp = energy_model.predict(sub, batch_size=batch_size, progress=progress)
+        for i, r in zip(to_eval, results_sp, strict=True):
+            if r.error:
+                errors[i].append(f"energy: {r.error}")
+                continue
+            energy[i], e_pa[i], max_force[i] = r.energy, r.energy_per_atom, r.max_force
+    t_energy = time.perf_counter() - t_energy
+
+    t_hull = time.perf_counter()
+    comps = [s.composition if s is not None else "" for s in final]
+    ehull = np.full(n, np.nan)
+    idx = [i for i in range(n) if np.isfinite(e_pa[i])]
+    if idx:
+        vals, reasons = hull.e_above_hull([comps[i] for i in idx], e_pa[idx], kind="total",
+                                          return_reasons=True)
+        ehull[idx] = vals
+        for i, reason in zip(idx, reasons, strict=True):
+            if reason:
+                errors[i].append(f"hull: {reason}")
+    t_hull = time.perf_counter() - t_hull
+
+    t_metrics = time.perf_counter()
+    match_on = final if relax else list(structures)
+    report = compute_metrics(
+        match_on,
+        e_above_hull=ehull,
+        reference=reference_structures,
+        embeddings=embeddings,
+        reference_embeddings=reference_embeddings,
+        compute_amd=compute_amd,
+        n_jobs=n_jobs,
+        matcher_kwargs=matcher_kwargs,
+        metastable_threshold=metastable_threshold,
+        metastable_inclusive=metastable_inclusive,
+    )
+    t_metrics = time.perf_counter() - t_metrics
+    df = report.per_structure
+    hull_fp = hull.convention.get("fingerprint")
+    cols = [c for c in ("structure_valid", "smact_valid", "valid", "unique", "representative",
+                        "novel", "stable", "metastable", "sun", "msun", "min_amd_distance",
+                        "creativity") if c in df]
+    records: list[dict[str, Any]] = []
+    for i, s in enumerate(structures):
+        row = df.iloc[i]
+        rec: dict[str, Any] = {
+            "index": i,
+            "formula": s.composition.reduced_formula if s is not None else None,
+            "n_sites": len(s) if s is not None else 0,
+            "energy": _f(energy[i]),
+            "energy_per_atom": _f(e_pa[i]),
+            "max_force": _f(max_force[i]),
+            "e_above_hull": _f(ehull[i]),
+        }
+        for c in cols:
+            v = row[c]
+            rec[c] = v.item() if hasattr(v, "item") else v
+        if row.get("matching_error"):
+            errors[i].append(f"matching: {row['matching_error']}")
+        rec["relaxed"] = bool(relax)
+        if i in relax_info:
+            rec["relax_steps"], rec["relax_converged"] = relax_info[i]
+        if include_structures:
+            rec["structure"] = s.as_dict() if s is not None else None
+            if relax:
+                rec["relaxed_structure"] = final[i].as_dict() if final[i] is not None else None
+        rec["errors"] = errors[i]
+        rec["energy_model"] = energy_model.spec
+        rec["hull_fingerprint"] = hull_fp
+        records.append(rec)
+
+    summary = dict(report.summary)
+    summary.update({
+        "n_energy_evaluated": len(to_eval),
+        "n_energy_failed": int(sum(1 for i in to_eval if not np.isfinite(e_pa[i]))),
+        "n_with_errors": int(sum(1 for e in errors if e)),
+        "energy_model": energy_model.info,
+        "hull_convention": hull.convention,
+        "relaxed": bool(relax),
+        "relax_kwargs": dict(relax_kwargs or {}) if relax else None,
+        "timings_s": {
+            "energy": t_energy,
+            "hull": t_hull,
+            "metrics": t_metrics,
+            "total": time.perf_counter() - t0,
+        },
+    })
+    return records, summary
+
+
+def _f(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def rank_candidates(
+    records: Sequence[Mapping[str, Any]],
+    policy: str = "msun_first",
+    one_per_composition: bool = True,
+    k: int | None = None,
+    max_e_above_hull: float | None = None,
+    require_valid: bool = False,
+) -> list[dict[str, Any]]:
+    """Order screened records for DFT validation.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Output of :func:`screen_structures`.
+    policy : {"msun_first", "ehull"}
+        ``"msun_first"``: mSUN records first, then other unique-and-novel ones, then the rest,
+        each by increasing energy above hull. ``"ehull"``: by energy above hull only.
+    one_per_composition : bool
+        Keep only the best record of each reduced formula.
+    k : int, optional
+        Return at most ``k`` records.
+    max_e_above_hull : float, optional
+        Drop records above this energy above hull (eV/atom).
+    require_valid : bool
+        Keep only structurally and SMACT-valid records.
+
+    Returns
+    -------
+    list of dict
+        Copies of the chosen records with a ``rank`` field (0 = best). Records without a
+        finite energy above hull are never ranked.
+    """
+    if policy not in ("msun_first", "ehull"):
+        raise ValueError("policy must be 'msun_first' or 'ehull'")
+    pool = []
+    for r in records:
+        e = r.get("e_above_hull")
+        if e is None or not math.isfinite(e):
+            continue
+        if max_e_above_hull is not None and e > max_e_above_hull:
+            continue
+        if require_valid and not r.get("valid", False):
+            continue
+        pool.append(r)
+
+    def key(r: Mapping[str, Any]) -> tuple:
+        un = bool(r.get("unique")) and bool(r.get("novel"))
+        if policy == "msun_first":
+            return (not bool(r.get("msun")), not un, r["e_above_hull"], r.get("index", 0))
+        return (r["e_above_hull"], r.get("index", 0))
+
+    pool.sort(key=key)
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for r in pool:
+        f = r.get("formula")
+        if one_per_composition and f in seen:
+            continue
+        seen.add(f)
+        out.append({**r, "rank": len(out)})
+        if k is not None and len(out) >= k:
+            break
+    return out
