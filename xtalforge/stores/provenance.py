@@ -45,7 +45,7 @@ _PACKAGES = (
     "chgnet",
     "mace-torch",
     "smact",
-    "amd",
+    "average-minimum-distance",
     "ase",
 )
 
