@@ -15,6 +15,8 @@ from typing import Optional
 
 import typer
 
+from xtalforge.cli_dft import register as register_submit
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -85,6 +87,12 @@ def demo(
     _setup_logging(verbose)
     result = _run_config(demo_config(campaign_id, seed), store, root, force=False)
     _print_status(campaign_id, store, root)
+    from xtalforge.makers.dft import dft_status_line
+    from xtalforge.stores.config import build_job_store
+
+    line = dft_status_line(build_job_store(store, _root(root)), campaign_id)
+    if line:
+        typer.echo(line)
     typer.echo(f"query it with: xtalforge query --campaign {campaign_id} --limit 10")
     if result["failed"]:
         raise typer.Exit(1)
@@ -282,6 +290,9 @@ def export(
     )
     n = export_structures(res, df, output, fmt)
     typer.echo(f"exported {n} structures to {output}")
+
+
+register_submit(app)  # xtalforge submit
 
 
 def main() -> None:  # pragma: no cover - console entry point

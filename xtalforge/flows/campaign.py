@@ -199,9 +199,9 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
     hull = HullMaker(**(config.get("hull") or {})) if screen is not None else None
     dft = None
     if config.get("dft") is not None:
-        from xtalforge.makers.dft import DFTValidationMaker
+        from xtalforge.makers.dft import dft_maker_from_config
 
-        dft = DFTValidationMaker(**config["dft"])
+        dft = dft_maker_from_config(config["dft"])
     report = None
     if config.get("report") is not None:
         from xtalforge.makers.report import ReportMaker
@@ -252,4 +252,5 @@ def demo_config(campaign_id: str = "demo", seed: int = 0) -> dict[str, Any]:
         },
         "hull": {"kind": "mlip", "mlip": "chgnet", "device": "cpu"},
         "screen": {"mlip": "chgnet", "device": "cpu", "k": 5},
+        "dft": {"k": 3},
     }

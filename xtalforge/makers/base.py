@@ -65,7 +65,12 @@ def job_context(store: JobStore | None = None, campaign_id: str | None = None) -
         When called outside a running job without a ``store``.
     """
     job = CURRENT_JOB.job
-    store = store or CURRENT_JOB.store
+    if store is None:
+        # under jobflow-remote the job's own store is a temporary per-job store: open the
+        # campaign store ($XTALFORGE_STORE) instead; elsewhere this is CURRENT_JOB.store
+        from xtalforge.flows.remote import campaign_store
+
+        store = campaign_store()
     if store is None:
         raise RuntimeError(
             "no JobStore: run this job through jobflow (run_locally, jobflow-remote) "
