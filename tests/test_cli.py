@@ -45,7 +45,8 @@ def demo_root(tmp_path_factory):
 
 
 def test_query_in_new_process_lists_provenance(demo_root):
-    p = _run(["query", "--campaign", "demo", "--format", "json", "--limit", "5"], demo_root)
+    p = _run(["query", "--campaign", "demo", "--stage", "dataset", "--format", "json",
+              "--limit", "5"], demo_root)
     rows = json.loads(p.stdout)
     assert len(rows) == 5
     for r in rows:
@@ -54,12 +55,27 @@ def test_query_in_new_process_lists_provenance(demo_root):
         assert len(r["job_uuid"]) == 36 and r["lineage.source"] == "demo"
     p = _run(["query", "--campaign", "demo", "--formula", "NaCl", "--format", "csv"], demo_root)
     df = pd.read_csv(pd.io.common.StringIO(p.stdout))
-    assert len(df) >= 3 and "NaCl" in set(df["formula"])
+    assert len(df) >= 2 and "NaCl" in set(df["formula"])
     from pymatgen.core import Composition
 
     assert {Composition(f).reduced_formula for f in df["formula"]} == {"NaCl"}
     p = _run(["status", "--campaign", "demo"], demo_root)
-    assert "jobs: 1/1 finished" in p.stdout and "structures/dataset:" in p.stdout
+    import re
+
+    m = re.search(r"jobs: (\d+)/(\d+) finished", p.stdout)
+    assert m and m.group(1) == m.group(2) and int(m.group(1)) >= 6, p.stdout
+    for stage in ("dataset", "sample", "screen", "dft"):
+        assert f"structures/{stage}:" in p.stdout
+    # generated structures carry their checkpoint and screening results
+    rows = json.loads(_run(["query", "--campaign", "demo", "--stage", "sample", "--format",
+                            "json", "--limit", "0", "--sort-by", "e_above_hull", "--columns",
+                            "structure_id,lineage.checkpoint_id,e_above_hull,screen_errors,msun"],
+                           demo_root).stdout)
+    assert len(rows) == 200
+    assert all(r["lineage.checkpoint_id"].startswith("ckpt-") for r in rows)
+    ehull = [r["e_above_hull"] for r in rows if r["e_above_hull"] is not None]
+    assert ehull and ehull == sorted(ehull)
+    assert all(r["screen_errors"] for r in rows if r["e_above_hull"] is None)
 
 
 def test_history_and_export(demo_root, tmp_path):

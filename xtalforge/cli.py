@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from xtalforge.cli_dft import register as register_submit
+from xtalforge.reports.cli import register as register_reports
 
 app = typer.Typer(
     add_completion=False,
@@ -54,6 +55,8 @@ def _run_config(config: dict, store: Optional[str], root: Optional[Path], force:
 
     root = _root(root)
     cid = config["campaign_id"]
+    if config.get("report") is not None and not config["report"].get("outdir"):
+        config["report"] = {**config["report"], "outdir": str(root / cid / "report")}
     job_store = build_job_store(store, root)
     typer.echo(f"campaign {cid!r} -> {describe_store(store, root)}")
     maker = maker_from_config(config)
@@ -93,6 +96,9 @@ def demo(
     line = dft_status_line(build_job_store(store, _root(root)), campaign_id)
     if line:
         typer.echo(line)
+    report = _root(root) / campaign_id / "report" / "report.md"
+    if report.exists():
+        typer.echo(f"report: {report}")
     typer.echo(f"query it with: xtalforge query --campaign {campaign_id} --limit 10")
     if result["failed"]:
         raise typer.Exit(1)
@@ -293,6 +299,7 @@ def export(
 
 
 register_submit(app)  # xtalforge submit
+register_reports(app)  # xtalforge table, xtalforge report
 
 
 def main() -> None:  # pragma: no cover - console entry point

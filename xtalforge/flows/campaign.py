@@ -152,7 +152,7 @@ class DiscoveryCampaignMaker(Maker):
             jobs.append(dft)
             outputs["dft"] = dft.output
         if self.report is not None:
-            rep = self.report.make(outputs)
+            rep = self.report.make(dict(outputs))
             jobs.append(rep)
             outputs["report"] = rep.output
         for j in jobs:
@@ -253,4 +253,5 @@ def demo_config(campaign_id: str = "demo", seed: int = 0) -> dict[str, Any]:
         "hull": {"kind": "mlip", "mlip": "chgnet", "device": "cpu"},
         "screen": {"mlip": "chgnet", "device": "cpu", "k": 5},
         "dft": {"k": 3},
+        "report": {},
     }
