@@ -1,0 +1,439 @@
+"""Makers for RL fine-tuning of the generator and for the property surrogates its rewards use.
+
+* :class:`RLFineTuneMaker` runs GRPO (or the REINFORCE ablation) from a generator checkpoint
+  and stores the fine-tuned checkpoint (kind ``generator/rl``) and per-step training curves;
+  it resumes from its last intermediate checkpoint when its job runs again.
+* :class:`SurrogateTrainMaker` trains a :class:`~xtalforge.rewards.surrogate.PropertySurrogate`
+  (e.g. the band gap of Note S1) on a property of the campaign's dataset documents.
+
+Chaining (the lead's flow)::
+
+    pre = PretrainMaker().make(ingest.output)
+    rl = RLFineTuneMaker(steps=500).make(pre.output["checkpoint"])
+    smp = SampleMaker(label="rl").make(rl.output["checkpoint"])
+
+    # band-gap target (Note S1)
+    sur = SurrogateTrainMaker(property="dft_band_gap").make(pre.output["checkpoint"])
+    rl_bg = RLFineTuneMaker(reward="bandgap").make(
+        pre.output["checkpoint"], surrogates={"band_gap": sur.output["surrogate"]})
+
+Resume protocol: every ``checkpoint_every`` steps the policy (a normal generator checkpoint)
+and the trainer state (optimiser, curves, early-stopping counters) go to the ``blobs`` store,
+and a small progress document ``{progress_id: "rl-progress:<job uuid>", step, policy,
+trainer_state}`` is upserted in the ``data`` store. A job that runs again with the same uuid
+(a jobflow-remote rerun, or ``run_locally`` of the same flow) finds that document and continues
+from its step; rollout seeds depend only on ``(seed, step)``, so the continuation draws what an
+uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jobflow import Maker, job
+
+from xtalforge.makers.base import JobContext, job_context, store_config
+from xtalforge.makers.generator import dataset_structures, load_generator, resolve_device
+from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
+from xtalforge.stores.config import additional
+from xtalforge.stores.documents import clean_floats, now
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RLFineTuneMaker", "SurrogateTrainMaker", "load_surrogate", "run_rl_finetune",
+           "run_surrogate_training"]
+
+STATE_FORMAT = "xtalforge.rl_trainer_state/1"
+
+
+def _progress_id(job_uuid: str) -> str:
+    return f"rl-progress:{job_uuid}"
+
+
+def load_surrogate(ref_or_path: str | dict[str, Any], ctx: JobContext | None = None,
+                   device: str = "cpu"):
+    """Load a :class:`~xtalforge.rewards.surrogate.PropertySurrogate` from a path or reference."""
+    from xtalforge.rewards.surrogate import PropertySurrogate
+
+    path, _ = resolve_checkpoint(ref_or_path, ctx.blobs if ctx else None)
+    return PropertySurrogate.load(path, map_location=device)
+
+
+def _doc_property(doc: dict[str, Any], name: str) -> Any:
+    for container in (doc.get("properties") or {}, doc.get("prop") or {}, doc):
+        if isinstance(container, dict) and name in container:
+            return container[name]
+    return None
+
+
+@dataclass
+class RLFineTuneMaker(Maker):
+    """GRPO fine-tuning of a generator checkpoint against a composite verifiable reward.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    reward
+        Reward preset (``"dng"``, ``"dng_no_diversity"``, ``"bandgap"``, ``"dielectric"``) or
+        a list of component dicts (see :func:`xtalforge.rewards.build_reward`).
+    normalize_scope
+        Min-max normalisation of each component per ``"group"`` or per ``"batch"``.
+    algorithm
+        ``"grpo"`` or ``"reinforce"`` (ablation: batch-normalised advantages).
+    reference
+        KL reference: ``"pretrained"`` (frozen starting denoiser) or ``"rollout"``.
+    steps
+        Maximum number of RL steps.
+    group_size, num_conditions, clip_eps, kl_weight, entropy_weight, lr, num_inner_batches,
+    grad_clip, patience, plateau_window, sampling_steps, eta, dtype
+        :class:`~xtalforge.rl.grpo.GRPOConfig` fields (paper defaults).
+    energy_model
+        MLIP spec for the stability reward (``"chgnet"``: offline default).
+    hull
+        Path to a saved :class:`~xtalforge.screening.hull.ReferenceHull` on the energy model's
+        scale; ``None`` builds an MLIP-consistent hull from the reference documents with the
+        energy model (single points).
+    reference_split
+        Dataset split of the novelty / diversity reference (``None``: every dataset document
+        of the campaign, reference ingests included).
+    val_split, val_size
+        Held-out split for the drift monitor (``val_nll``); without such documents a random
+        ``val_size`` subset of the reference is used (then not held out: recorded).
+    max_reference_embeddings
+        Reference rows kept for the diversity MMD.
+    surrogates
+        Property surrogates by name (path or checkpoint reference), merged with the job input.
+    checkpoint_every
+        Intermediate checkpoint period (steps) for resuming.
+    n_jobs
+        Worker processes for matching.
+    seed, device
+        Base seed; ``"auto"``/``"cpu"``/``"cuda"``.
+    """
+
+    name: str = "rl fine-tune"
+    reward: str | list = "dng"
+    normalize_scope: str = "group"
+    algorithm: str = "grpo"
+    reference: str = "pretrained"
+    steps: int = 1000
+    group_size: int = 64
+    num_conditions: int = 5
+    clip_eps: float = 1e-3
+    kl_weight: float = 1.0
+    entropy_weight: float = 1e-5
+    lr: float = 1e-5
+    num_inner_batches: int = 2
+    grad_clip: float | None = 1.0
+    patience: int = 500
+    plateau_window: int = 10
+    sampling_steps: int = 50
+    eta: float = 1.0
+    dtype: str = "fp32"
+    energy_model: str = "chgnet"
+    hull: str | None = None
+    reference_split: str | None = None
+    val_split: str | None = "val"
+    val_size: int = 256
+    max_reference_embeddings: int = 20000
+    surrogates: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 10
+    n_jobs: int = 1
+    seed: int = 0
+    device: str = "auto"
+
+    def grpo_config(self):
+        """Return the :class:`~xtalforge.rl.grpo.GRPOConfig` of this maker."""
+        from xtalforge.rl.grpo import GRPOConfig
+
+        return GRPOConfig(
+            algorithm=self.algorithm, group_size=self.group_size,
+            num_conditions=self.num_conditions, clip_eps=self.clip_eps,
+            kl_weight=self.kl_weight, entropy_weight=self.entropy_weight,
+            reference=self.reference, lr=self.lr, num_inner_batches=self.num_inner_batches,
+            grad_clip=self.grad_clip, max_steps=self.steps, patience=self.patience,
+            plateau_window=self.plateau_window, sampling_steps=self.sampling_steps,
+            eta=self.eta, dtype=self.dtype, seed=self.seed)
+
+    @job(config=store_config(), data="curves")
+    def make(self, checkpoint: str | dict[str, Any],
+             surrogates: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fine-tune ``checkpoint`` (reference or local path); see :func:`run_rl_finetune`."""
+        return run_rl_finetune(self, job_context(), checkpoint, surrogates)
+
+
+def _build_resources(maker: RLFineTuneMaker, ctx: JobContext, generator, reward,
+                     surrogates: dict[str, Any], device: str):
+    """Reward resources, validation latents and notes, building only what the reward needs."""
+    import numpy as np
+
+    from xtalforge.rewards.base import RewardResources
+    from xtalforge.rewards.surrogate import encode_structures
+    from xtalforge.screening.metrics import ReferenceSet
+
+    need = set(reward.required_metrics)
+    notes: dict[str, Any] = {}
+    ref_structs, ref_docs = dataset_structures(ctx, maker.reference_split)
+    if not ref_structs:
+        raise ValueError(f"campaign {ctx.campaign_id!r} has no valid dataset documents "
+                         f"(split {maker.reference_split!r}) to use as reference")
+    res = RewardResources(n_jobs=maker.n_jobs, device=device, generator=generator)
+    ids = [d.get("structure_id", str(i)) for i, d in enumerate(ref_docs)]
+    if need & {"unique", "novel", "min_amd_distance", "e_above_hull", "energy_per_atom"}:
+        res.reference = ReferenceSet(ref_structs, ids)
+    small = [s for s in ref_structs if len(s) <= generator.max_atoms]
+    rng = np.random.default_rng(maker.seed)
+    if len(small) > maker.max_reference_embeddings:
+        pick = rng.choice(len(small), maker.max_reference_embeddings, replace=False)
+        small = [small[i] for i in sorted(pick)]
+    if "structure_embedding" in need:
+        res.reference_structure_embeddings = generator.embed_structures(small, device=device)
+    if "composition_embedding" in need:
+        res.reference_composition_embeddings = generator.composition_embeddings(small,
+                                                                                 device=device)
+    if need & {"e_above_hull", "energy_per_atom"}:
+        from xtalforge.screening.hull import ReferenceHull
+        from xtalforge.screening.mlip import get_energy_model
+
+        res.energy_model = get_energy_model(maker.energy_model, device=device)
+        if maker.hull:
+            res.hull = ReferenceHull.load(maker.hull)
+            notes["hull"] = f"loaded from {maker.hull}"
+        else:
+            logger.info("building an MLIP hull from %d reference structures", len(ref_structs))
+            res.hull = ReferenceHull.from_structures(
+                ref_structs, res.energy_model, entry_ids=ids,
+                reference_set=f"campaign {ctx.campaign_id} dataset ({maker.reference_split})")
+            notes["hull"] = "MLIP single-point hull of the reference dataset documents"
+    for key, spec in {**dict(maker.surrogates), **dict(surrogates or {})}.items():
+        res.surrogates[key] = load_surrogate(spec, ctx, device)
+    missing = [m.split(":", 1)[1] for m in need if m.startswith("predicted:")
+               and m.split(":", 1)[1] not in res.surrogates]
+    if missing:
+        raise ValueError(f"the reward needs surrogate(s) {missing}: pass surrogates={{name: "
+                         "SurrogateTrainMaker output or path}")
+    val_structs: list = []
+    if maker.val_split:
+        val_structs, _ = dataset_structures(ctx, maker.val_split, limit=maker.val_size)
+    val_structs = [s for s in val_structs if len(s) <= generator.max_atoms]
+    if val_structs:
+        notes["val_set"] = f"{len(val_structs)} '{maker.val_split}' dataset documents"
+    else:
+        pool = [s for s in ref_structs if len(s) <= generator.max_atoms]
+        pick = rng.choice(len(pool), min(maker.val_size, len(pool)), replace=False)
+        val_structs = [pool[i] for i in sorted(pick)]
+        notes["val_set"] = (f"{len(val_structs)} random reference structures (no "
+                            f"'{maker.val_split}' split: not held out from pretraining)")
+    val = encode_structures(generator, val_structs, device=device) if val_structs else None
+    return res, val, notes
+
+
+def _save_progress(trainer, maker: RLFineTuneMaker, ctx: JobContext, parent: dict) -> None:
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pol = Path(tmp) / "policy.pt"
+        torch.save(trainer.checkpoint_dict(), pol)
+        meta = {"stage": "rl-intermediate", "step": trainer.step,
+                "parent_checkpoint_id": parent["checkpoint_id"]}
+        pref = put_checkpoint(ctx.blobs, pol, kind="generator/rl-intermediate", metadata=meta,
+                              campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
+        st = Path(tmp) / "state.pt"
+        torch.save({"format": STATE_FORMAT, "trainer": trainer.state_dict()}, st)
+        sref = put_checkpoint(ctx.blobs, st, kind="rl/trainer-state", metadata=meta,
+                              campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
+    if ctx.job_uuid:
+        doc = {"progress_id": _progress_id(ctx.job_uuid), "job_uuid": ctx.job_uuid,
+               "campaign_id": ctx.campaign_id, "step": trainer.step, "policy": pref,
+               "trainer_state": sref, "parent_checkpoint_id": parent["checkpoint_id"],
+               "maker": maker.name, "updated_at": now()}
+        additional(ctx.store, "data").update([clean_floats(doc)], key="progress_id")
+    logger.info("RL progress saved at step %d", trainer.step)
+
+
+def _load_progress(ctx: JobContext) -> dict[str, Any] | None:
+    if not ctx.job_uuid:
+        return None
+    return additional(ctx.store, "data").query_one({"progress_id": _progress_id(ctx.job_uuid)})
+
+
+def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | dict[str, Any],
+                    surrogates: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Body of :meth:`RLFineTuneMaker.make` (callable with any :class:`JobContext`).
+
+    Returns
+    -------
+    dict
+        ``checkpoint`` (reference, kind ``generator/rl``), ``curves`` (one dict per step:
+        ``step, reward/<component>, reward_total, reward_raw_total, kl, adv_var, clip_frac,
+        ratio_mean, entropy, grad_norm, val_nll, frac_unique, frac_novel, frac_metastable,
+        frac_msun, n_distinct_formulas, wall_time_s`` ...), ``reference_policy``,
+        ``algorithm``, ``reward_config``, ``grpo_config``, ``resources``, ``notes``,
+        ``parent_checkpoint``, ``steps_done``, ``resumed_from_step``, ``early_stopped``,
+        ``wall_time_s``.
+    """
+    import torch
+
+    from xtalforge.models.generator import LatentDiffusionGenerator
+    from xtalforge.rewards.base import build_reward
+    from xtalforge.rl.grpo import GRPOTrainer
+
+    t0 = time.perf_counter()
+    device = resolve_device(maker.device)
+    base, parent = load_generator(checkpoint, ctx, device)
+    reward = build_reward(maker.reward, normalize_scope=maker.normalize_scope)
+    cfg = maker.grpo_config()
+    progress = _load_progress(ctx)
+    resumed_from = 0
+    if progress:
+        ppath, _ = resolve_checkpoint(progress["policy"], ctx.blobs)
+        policy = LatentDiffusionGenerator.load(ppath, map_location=device)
+        spath, _ = resolve_checkpoint(progress["trainer_state"], ctx.blobs)
+        state = torch.load(spath, map_location=device, weights_only=True)
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{spath}: not an RL trainer state")
+        resumed_from = int(progress["step"])
+        logger.info("resuming RL job %s from step %d", ctx.job_uuid, resumed_from)
+    else:
+        policy, state = base, None
+    res, val, notes = _build_resources(maker, ctx, policy, reward, surrogates or {}, device)
+    trainer = GRPOTrainer(policy, reward, res, cfg, device=device, val_latents=val,
+                          reference_generator=base if progress else None,
+                          init_policy_from_ema=None if state is None else False)
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+
+    def callback(tr: GRPOTrainer, row: dict[str, Any]) -> None:
+        if maker.checkpoint_every and tr.step % maker.checkpoint_every == 0:
+            _save_progress(tr, maker, ctx, parent)
+
+    trainer.train(maker.steps, callback=callback)
+    if trainer.step > resumed_from and (not maker.checkpoint_every
+                                        or trainer.step % maker.checkpoint_every):
+        _save_progress(trainer, maker, ctx, parent)
+    last = trainer.curves[-1] if trainer.curves else {}
+    meta = {"stage": "rl", "parent_checkpoint_id": parent["checkpoint_id"],
+            "reference_policy": cfg.reference, "algorithm": cfg.algorithm,
+            "steps": trainer.step, "reward": reward.config(), "device": device,
+            "final_reward_raw_total": last.get("reward_raw_total")}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "generator.pt"
+        torch.save(trainer.checkpoint_dict(), path)
+        ref = put_checkpoint(ctx.blobs, path, kind="generator/rl", metadata=meta,
+                             campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
+    return clean_floats({
+        "checkpoint": ref,
+        "curves": trainer.curves,
+        "reference_policy": cfg.reference,
+        "algorithm": cfg.algorithm,
+        "reward_config": reward.config(),
+        "grpo_config": cfg.to_dict(),
+        "resources": res.describe(),
+        "notes": notes,
+        "parent_checkpoint": parent,
+        "steps_done": trainer.step,
+        "resumed_from_step": resumed_from,
+        "early_stopped": trainer.stopped,
+        "device": device,
+        "wall_time_s": time.perf_counter() - t0,
+    })
+
+
+@dataclass
+class SurrogateTrainMaker(Maker):
+    """Train a property surrogate (MLP on the generator's VAE latents) on dataset documents.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    property
+        Property key of the dataset documents (looked up in ``properties``, then ``prop``,
+        then the document itself), e.g. ``"dft_band_gap"`` for MP-20.
+    split
+        Dataset split to train on (``None``: every dataset document).
+    units, nonnegative
+        Metadata / clamping of predictions (band gaps are >= 0).
+    epochs, batch_size, lr, val_fraction, hidden_dim
+        Training (Note S1: batch 256, lr 1e-3, AdamW, 10 % validation).
+    seed, device
+        Randomness and device.
+    """
+
+    name: str = "train property surrogate"
+    property: str = "dft_band_gap"
+    split: str | None = "train"
+    units: str = "eV"
+    nonnegative: bool = True
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 1e-3
+    val_fraction: float = 0.1
+    hidden_dim: int = 128
+    seed: int = 0
+    device: str = "auto"
+
+    @job(config=store_config(), data="history")
+    def make(self, checkpoint: str | dict[str, Any]) -> dict[str, Any]:
+        """Train on ``checkpoint``'s VAE latents; returns the surrogate reference and history."""
+        return run_surrogate_training(self, job_context(), checkpoint)
+
+
+def run_surrogate_training(maker: SurrogateTrainMaker, ctx: JobContext,
+                           checkpoint: str | dict[str, Any]) -> dict[str, Any]:
+    """Body of :meth:`SurrogateTrainMaker.make` (callable with any :class:`JobContext`).
+
+    Raises
+    ------
+    ValueError
+        When no dataset document carries ``maker.property`` (the message lists the properties
+        that are present, e.g. for the demo dataset, which has no band gaps).
+    """
+    from xtalforge.rewards.surrogate import train_surrogate
+
+    device = resolve_device(maker.device)
+    gen, parent = load_generator(checkpoint, ctx, device)
+    structures, docs = dataset_structures(ctx, maker.split)
+    values, keep = [], []
+    seen: set[str] = set()
+    for i, d in enumerate(docs):
+        seen.update((d.get("properties") or {}).keys())
+        v = _doc_property(d, maker.property)
+        try:
+            v = float(v) if v is not None else math.nan
+        except (TypeError, ValueError):
+            v = math.nan
+        if math.isfinite(v):
+            keep.append(i)
+            values.append(v)
+    if not keep:
+        raise ValueError(
+            f"no dataset document of campaign {ctx.campaign_id!r} (split {maker.split!r}) has "
+            f"a numeric property {maker.property!r}; properties present: {sorted(seen) or 'none'}"
+            ". Set SurrogateTrainMaker(property=...) or ingest a dataset with that property "
+            "(e.g. MP-20's dft_band_gap).")
+    model, hist = train_surrogate(
+        gen, [structures[i] for i in keep], values, property_name=maker.property,
+        units=maker.units, nonnegative=maker.nonnegative, epochs=maker.epochs,
+        batch_size=maker.batch_size, lr=maker.lr, val_fraction=maker.val_fraction,
+        hidden_dim=maker.hidden_dim, seed=maker.seed, device=device)
+    model.metadata["parent_checkpoint_id"] = parent["checkpoint_id"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "surrogate.pt"
+        model.save(path)
+        meta = {"property": maker.property, "units": maker.units,
+                "parent_checkpoint_id": parent["checkpoint_id"],
+                **{k: hist[k] for k in ("best_val_mae", "final_train_mae", "baseline_val_mae",
+                                        "n_train", "n_val")}}
+        ref = put_checkpoint(ctx.blobs, path, kind=f"surrogate/{maker.property}", metadata=meta,
+                             campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
+    return clean_floats({"surrogate": ref, "property": maker.property, "history": hist,
+                         "n_used": len(keep), "n_without_property": len(docs) - len(keep),
+                         "parent_checkpoint": parent, "device": device})
