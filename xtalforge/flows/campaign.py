@@ -115,10 +115,14 @@ class DiscoveryCampaignMaker(Maker):
         else:
             base_ckpt = None
         final_ckpt = base_ckpt
+        hull = None
+        if self.hull is not None and (self.screen is not None or self.rl is not None):
+            hull = self.hull.make(ingest.output)
+            jobs.append(hull)
         if self.rl is not None:
             if base_ckpt is None:
                 raise ValueError("rl needs a pretrain stage or a checkpoint")
-            rl = self.rl.make(base_ckpt)
+            rl = self.rl.make(base_ckpt, hull=hull.output if hull is not None else None)
             jobs.append(rl)
             outputs["rl"] = rl.output
             final_ckpt = rl.output["checkpoint"]
@@ -134,12 +138,8 @@ class DiscoveryCampaignMaker(Maker):
                 sb = base_maker.make(base_ckpt)
                 jobs.append(sb)
                 samples.append((" base", sb))
-        hull = None
-        if self.hull is not None and self.screen is not None and samples:
-            hull = self.hull.make(ingest.output)
-            jobs.append(hull)
         screens = []
-        if hull is not None:
+        if hull is not None and self.screen is not None:
             for suffix, smp in samples:
                 maker = copy.deepcopy(self.screen)
                 maker.name = f"{self.screen.name}{suffix}"
@@ -196,7 +196,8 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
         sample_base = s.pop("sample_base", True)
         sample = SampleMaker(**{"seed": seed, **s})
     screen = ScreenMaker(**config["screen"]) if config.get("screen") is not None else None
-    hull = HullMaker(**(config.get("hull") or {})) if screen is not None else None
+    needs_hull = screen is not None or config.get("rl") is not None
+    hull = HullMaker(**(config.get("hull") or {})) if needs_hull else None
     dft = None
     if config.get("dft") is not None:
         from xtalforge.makers.dft import dft_maker_from_config
@@ -242,6 +243,16 @@ def demo_config(campaign_id: str = "demo", seed: int = 0) -> dict[str, Any]:
             "batch_size": 64,
             "lr": 1e-3,
             "device": "cpu",
+        },
+        "rl": {
+            "steps": 3,
+            "group_size": 8,
+            "num_conditions": 2,
+            "lr": 1e-4,
+            "device": "cpu",
+            "val_size": 32,
+            "sampling_steps": 20,
+            "checkpoint_every": 2,
         },
         "sample": {
             "n": 200,

@@ -138,7 +138,7 @@ class RLFineTuneMaker(Maker):
     eta: float = 1.0
     dtype: str = "fp32"
     energy_model: str = "chgnet"
-    hull: str | None = None
+    hull: str | dict | None = None
     reference_split: str | None = None
     val_split: str | None = "val"
     val_size: int = 256
@@ -164,9 +164,17 @@ class RLFineTuneMaker(Maker):
 
     @job(config=store_config(), data="curves")
     def make(self, checkpoint: str | dict[str, Any],
-             surrogates: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Fine-tune ``checkpoint`` (reference or local path); see :func:`run_rl_finetune`."""
-        return run_rl_finetune(self, job_context(), checkpoint, surrogates)
+             surrogates: dict[str, Any] | None = None,
+             hull: str | dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fine-tune ``checkpoint`` (reference or local path); see :func:`run_rl_finetune`.
+
+        ``hull`` (a :class:`~xtalforge.makers.screening.HullMaker` output or a saved hull path)
+        overrides the ``hull`` field, so a campaign builds its reference hull once.
+        """
+        import dataclasses
+
+        maker = dataclasses.replace(self, hull=hull) if hull is not None else self
+        return run_rl_finetune(maker, job_context(), checkpoint, surrogates)
 
 
 def _build_resources(maker: RLFineTuneMaker, ctx: JobContext, generator, reward,
@@ -203,7 +211,13 @@ def _build_resources(maker: RLFineTuneMaker, ctx: JobContext, generator, reward,
         from xtalforge.screening.mlip import get_energy_model
 
         res.energy_model = get_energy_model(maker.energy_model, device=device)
-        if maker.hull:
+        if isinstance(maker.hull, dict):  # a HullMaker output / artefact reference
+            from xtalforge.makers.screening import load_hull
+
+            res.hull = load_hull(maker.hull, ctx)
+            notes["hull"] = "HullMaker artefact " + str(
+                maker.hull.get("artifact", maker.hull).get("checkpoint_id"))
+        elif maker.hull:
             res.hull = ReferenceHull.load(maker.hull)
             notes["hull"] = f"loaded from {maker.hull}"
         else:
