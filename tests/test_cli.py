@@ -71,7 +71,7 @@ def test_query_in_new_process_lists_provenance(demo_root):
                             "json", "--limit", "0", "--sort-by", "e_above_hull", "--columns",
                             "structure_id,lineage.checkpoint_id,e_above_hull,screen_errors,msun"],
                            demo_root).stdout)
-    assert len(rows) == 200
+    assert len(rows) == 400  # RL model and base model, 200 each
     assert all(r["lineage.checkpoint_id"].startswith("ckpt-") for r in rows)
     ehull = [r["e_above_hull"] for r in rows if r["e_above_hull"] is not None]
     assert ehull and ehull == sorted(ehull)
