@@ -392,7 +392,8 @@ def main() -> None:
         base_mae = float(np.mean(np.abs(test_df["dft_band_gap"] - val_df["dft_band_gap"].mean())))
         sur_info = {"train_mae": hist["final_train_mae"], "val_mae": hist["best_val_mae"],
                     "test_mae": test_mae, "test_mae_predict_mean": base_mae,
-                    "epochs": args.surrogate_epochs, "wall_s": time.perf_counter() - t}
+                    "epochs": (f"loaded from {args.surrogate}" if args.surrogate
+                               else args.surrogate_epochs), "wall_s": time.perf_counter() - t}
         print(f"band-gap surrogate: {sur_info}")
         surrogate.save(args.out_dir / "bandgap_surrogate.pt")
         res.surrogates["band_gap"] = surrogate
