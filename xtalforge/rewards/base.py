@@ -296,27 +296,24 @@ def amd_vectors(structures: Sequence[Structure | None], k: int = 100) -> np.ndar
     return out
 
 
+class _ResourceAMD:
+    """Adapter giving :func:`xtalforge.screening.metrics.min_amd_distances` the cached reference."""
+
+    def __init__(self, resources: RewardResources) -> None:
+        self.resources = resources
+
+    def amd(self, formula: str, k: int = 100) -> np.ndarray:
+        return self.resources.reference_amd(formula, k)
+
+
 def _min_amd_distances(structures: Sequence[Structure | None], resources: RewardResources
                        ) -> np.ndarray:
+    """Min same-formula AMD distance, via the screening layer's implementation."""
+    from xtalforge.screening.metrics import min_amd_distances
+
     k = resources.amd_k
-    amds = amd_vectors(structures, k=k)
-    out = np.full(len(structures), np.nan)
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(structures):
-        if s is not None and np.all(np.isfinite(amds[i])):
-            groups[s.composition.reduced_formula].append(i)
-    for formula, idx in groups.items():
-        a = amds[idx]
-        d = np.abs(a[:, None, :] - a[None, :, :]).max(-1)
-        np.fill_diagonal(d, np.inf)
-        best = d.min(axis=1)
-        ref = resources.reference_amd(formula, k)
-        ref = ref[np.all(np.isfinite(ref), axis=1)] if len(ref) else ref
-        if len(ref):
-            best = np.minimum(best, np.abs(a[:, None, :] - ref[None, :, :]).max(-1).min(1))
-        best[~np.isfinite(best)] = np.nan
-        out[idx] = best
-    return out
+    return min_amd_distances(structures, reference=_ResourceAMD(resources), k=k,
+                             amds=amd_vectors(structures, k=k))
 
 
 # --------------------------------------------------------------------------------------------
