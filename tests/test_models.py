@@ -279,10 +279,26 @@ def test_trajectory_log_probs_recomputed_equal_recorded(trained):
         lp_sum[0], traj.log_probs[0] * (na * 8).float(), rtol=1e-4, atol=1e-3
     )
     # differentiable w.r.t. the denoiser, and different parameters give different values
+    ldm.denoiser.zero_grad(set_to_none=True)
     lp[traj.stochastic].sum().backward()
     grads = [p.grad for p in ldm.denoiser.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+    ref_grads = [g.clone() for g in grads]
     ldm.denoiser.zero_grad(set_to_none=True)
+    # several steps per denoiser pass: same values and same gradient as the step-by-step loop
+    for per_pass in (3, s):
+        lp_st = ldm.step_log_probs(traj, steps_per_pass=per_pass)
+        assert lp_st.shape == (s, 4) and torch.all(lp_st[-1] == 0)
+        torch.testing.assert_close(lp_st, lp.detach(), atol=1e-5, rtol=1e-5)
+        lp_st[traj.stochastic].sum().backward()
+        st_grads = [p.grad for p in ldm.denoiser.parameters() if p.grad is not None]
+        for g_ref, g in zip(ref_grads, st_grads, strict=True):
+            # float32 sums in another order: compare on the scale of the whole gradient
+            scale = max(float(g_ref.abs().max()), 1e-6)
+            torch.testing.assert_close(g / scale, g_ref / scale, atol=1e-5, rtol=1e-4)
+        ldm.denoiser.zero_grad(set_to_none=True)
+    sub_st = ldm.step_log_probs(traj, steps=[2, 0, 7], steps_per_pass=2)
+    torch.testing.assert_close(sub_st, traj.log_probs[[2, 0, 7]], atol=1e-5, rtol=1e-5)
     state = {k: v.clone() for k, v in ldm.denoiser.state_dict().items()}
     try:
         with torch.no_grad():

@@ -123,6 +123,10 @@ class GRPOConfig:
     start_from_ema
         Initialise the trainable denoiser (and the pretrained reference) from the EMA weights,
         which are what the pretrained generator samples with.
+    steps_per_pass
+        Denoising steps whose log-probabilities are recomputed in one denoiser pass during the
+        update (0: all of a group's stochastic steps at once; 1: one step at a time, the least
+        memory). The loss and its gradient are the same; larger passes are much faster on a GPU.
     """
 
     algorithm: str = "grpo"
@@ -150,6 +154,7 @@ class GRPOConfig:
     val_every: int = 1
     seed: int = 0
     start_from_ema: bool = True
+    steps_per_pass: int = 0
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -479,7 +484,8 @@ class GRPOTrainer:
             ref = None
             if self.ref_ldm is not None:
                 with torch.no_grad():
-                    ref = self.ref_ldm.step_log_probs(traj)
+                    ref = self.ref_ldm.step_log_probs(
+                        traj, steps_per_pass=cfg.steps_per_pass or traj.num_steps)
             if pieces == 1:
                 units.append(_Unit(traj, adv_t[idx], ref))
                 continue
@@ -508,12 +514,15 @@ class GRPOTrainer:
             for ib, units in enumerate(inner):
                 self.optimizer.zero_grad(set_to_none=True)
                 n_elem = sum(len(u.adv) for u in units) * len(steps)
+                per_pass = cfg.steps_per_pass if cfg.steps_per_pass > 0 else len(steps)
+                chunks = [steps[i : i + per_pass] for i in range(0, len(steps), per_pass)]
                 for u in units:
-                    for k in steps:
-                        lp_new = ldm.step_log_probs(u.traj, steps=[k])[0]
-                        lp_old = u.traj.log_probs[k]
-                        lp_ref = u.ref[k] if u.ref is not None else lp_old
-                        loss, st = policy_loss(lp_new, lp_old, u.adv, lp_ref, cfg.clip_eps,
+                    for ks in chunks:
+                        lp_new = ldm.step_log_probs(u.traj, steps=ks, steps_per_pass=len(ks))
+                        lp_old = u.traj.log_probs[ks]
+                        lp_ref = u.ref[ks] if u.ref is not None else lp_old
+                        adv_b = u.adv.expand(len(ks), -1)
+                        loss, st = policy_loss(lp_new, lp_old, adv_b, lp_ref, cfg.clip_eps,
                                                cfg.kl_weight, cfg.entropy_weight, "sum")
                         (loss / n_elem).backward()
                         sums["loss"] = sums.get("loss", 0.0) + float(loss)
