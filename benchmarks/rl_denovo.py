@@ -298,6 +298,8 @@ def main() -> None:
     ap.add_argument("--n-jobs", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1, help="CIF parsing processes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-checkpoints", action="store_true",
+                    help="write each fine-tuned generator to <out-dir>/<run>.pt (inference only)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--mu-file", type=Path, default=None,
                     help="precomputed CHGNet chemical potentials (chgnet_mu.json) to reuse")
@@ -411,6 +413,8 @@ def main() -> None:
     print_table(rows)
     for name in args.runs.split(","):
         gen, info = run_rl(name, name, base, args, res, device, val_latents)
+        if args.save_checkpoints:
+            info["checkpoint_sha256"] = gen.save(args.out_dir / f"{name}.pt", inference_only=True)
         results["runs"].append(info)
         rows.append(evaluate(name, gen, args, res, device, surrogate))
         print_table(rows)
