@@ -180,7 +180,8 @@ def evaluate(label, gen, args, res, device, surrogate=None) -> dict:
             "mSUN": summary["mSUN"], "uniqueness": summary["uniqueness"],
             "novelty": summary["novelty"], "smact_validity": summary["smact_validity"],
             "metastability": summary["metastability"],
-            "coverage": coverage(emb[ok], res.reference_structure_embeddings),
+            "coverage": (coverage(emb[ok], res.reference_structure_embeddings)
+                         if ok.sum() >= 2 else float("nan")),
             "structural_validity": summary["structural_validity"],
             "SUN": summary["SUN"], "mean_e_above_hull": summary.get("mean_e_above_hull"),
             "n_with_e_above_hull": summary.get("n_with_e_above_hull"),
@@ -411,11 +412,14 @@ def main() -> None:
                "runs": []}
     rows = [evaluate("base", base, args, res, device, surrogate)]
     print_table(rows)
+    results["rows"] = rows
+    (args.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     for name in args.runs.split(","):
         gen, info = run_rl(name, name, base, args, res, device, val_latents)
         if args.save_checkpoints:
             info["checkpoint_sha256"] = gen.save(args.out_dir / f"{name}.pt", inference_only=True)
         results["runs"].append(info)
+        (args.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
         rows.append(evaluate(name, gen, args, res, device, surrogate))
         print_table(rows)
         results["rows"] = rows
