@@ -227,7 +227,8 @@ def run_rl(name, preset, base, args, res, device, val_latents) -> tuple:
         entropy_weight=args.entropy_weight, reference=args.reference, lr=args.lr,
         num_inner_batches=args.inner_batches, max_steps=args.rl_steps,
         patience=args.patience, sampling_steps=args.sampling_steps, eta=1.0,
-        dtype=args.dtype, seed=args.seed, val_every=args.val_every)
+        dtype=args.dtype, seed=args.seed, val_every=args.val_every, max_kl=args.max_kl,
+        select_by=args.select_by)
     reward = build_reward(preset)
     for c in reward.components:
         if c.name == "stability" and args.stability_clip != 1.0:
@@ -254,10 +255,14 @@ def run_rl(name, preset, base, args, res, device, val_latents) -> tuple:
         print(f"[{name}] step {row['step']:3d} " + " ".join(
             f"{k.replace('reward/', 'r_')}={row[k]:.4g}" for k in keys
             if k in row and isinstance(row[k], float)), flush=True)
+    selected = tr.restore_best()
     tr.sync_ema()
     info = {"name": name, "preset": preset, "steps": tr.step, "wall_time_s":
             time.perf_counter() - t0, "val_nll_start": val0, "describe": tr.describe(),
-            "curves": tr.curves}
+            "stop_reason": tr.stop_reason, "selected_policy": selected, "curves": tr.curves}
+    if selected:
+        print(f"[{name}] kept the policy after {selected['policy_after_updates']} updates "
+              f"({selected['select_by']} = {selected['value']:.4g}); stop: {tr.stop_reason}")
     return gen, info
 
 
@@ -284,6 +289,10 @@ def main() -> None:
     ap.add_argument("--entropy-weight", type=float, default=1e-5)
     ap.add_argument("--inner-batches", type=int, default=2)
     ap.add_argument("--patience", type=int, default=500)
+    ap.add_argument("--max-kl", type=float, default=None, help="stop when KL exceeds this")
+    ap.add_argument("--select-by", default=None,
+                    help="keep the policy with the best rollout value of this curve key "
+                         "(e.g. frac_msun); default: the last policy")
     ap.add_argument("--val-every", type=int, default=1)
     ap.add_argument("--sampling-steps", type=int, default=50)
     ap.add_argument("--n-samples", type=int, default=1000)

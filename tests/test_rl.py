@@ -228,6 +228,52 @@ def test_early_stopping_on_plateau():
     assert tr.stopped
 
 
+def test_non_finite_update_is_not_applied_and_stops():
+    gen = _tiny_generator(5)
+    tr = GRPOTrainer(gen, build_reward([{"name": "test_volume"}]), RewardResources(),
+                     _config(num_inner_batches=1))
+    ro = tr.rollout()
+    before = {k: v.clone() for k, v in gen.ldm.denoiser.state_dict().items()}
+    stats = tr.update(ro, np.full(8, np.nan))  # NaN advantages -> NaN loss and gradient
+    assert stats["num_skipped_updates"] == 1.0 and stats["num_optimizer_steps"] == 0.0
+    for k, v in gen.ldm.denoiser.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    tr._guards({"num_skipped_updates": 1.0, "loss": float("nan")})
+    assert tr.stopped and "non-finite" in tr.stop_reason
+
+
+def test_max_kl_stops_training():
+    gen = _tiny_generator(6)
+    tr = GRPOTrainer(gen, build_reward([{"name": "test_volume"}]), RewardResources(),
+                     _config(max_kl=1e-12, lr=1e-2))
+    curves = tr.train(5, progress=False)
+    assert len(curves) == 1 and curves[0]["kl"] > 1e-12
+    assert tr.stopped and "max_kl" in tr.stop_reason
+    assert curves[0]["stop_reason"] == tr.stop_reason
+
+
+def test_select_by_restores_the_policy_that_made_the_best_rollouts():
+    gen = _tiny_generator(7)
+    tr = GRPOTrainer(gen, build_reward([{"name": "test_volume"}]), RewardResources(),
+                     _config(select_by="reward_raw_total", lr=1e-2))
+    states = []
+    for _ in range(4):
+        states.append({k: v.clone() for k, v in gen.ldm.denoiser.state_dict().items()})
+        tr.train_step()
+    best_i = int(np.argmax([r["reward_raw_total"] for r in tr.curves]))
+    info = tr.restore_best()
+    # step i's rollouts came from the policy before update i, i.e. after i updates
+    assert info["policy_after_updates"] == best_i
+    assert info["value"] == tr.curves[best_i]["reward_raw_total"]
+    for k, v in gen.ldm.denoiser.state_dict().items():
+        assert torch.equal(v, states[best_i][k]), k
+    with pytest.raises(KeyError):
+        GRPOTrainer(gen, build_reward([{"name": "test_volume"}]), RewardResources(),
+                    _config(select_by="no_such_metric")).train_step()
+    assert GRPOTrainer(gen, build_reward([{"name": "test_volume"}]), RewardResources(),
+                       _config()).restore_best() is None
+
+
 # ----------------------------------------------------------------------------- makers
 def _structures() -> list[Structure]:
     out = []

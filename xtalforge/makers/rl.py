@@ -333,10 +333,12 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
                                         or trainer.step % maker.checkpoint_every):
         _save_progress(trainer, maker, ctx, parent)
     last = trainer.curves[-1] if trainer.curves else {}
+    selected = trainer.restore_best()  # the best policy by cfg.select_by (None: the last)
     meta = {"stage": "rl", "parent_checkpoint_id": parent["checkpoint_id"],
             "reference_policy": cfg.reference, "algorithm": cfg.algorithm,
             "steps": trainer.step, "reward": reward.config(), "device": device,
-            "final_reward_raw_total": last.get("reward_raw_total")}
+            "final_reward_raw_total": last.get("reward_raw_total"), "selected": selected,
+            "stop_reason": trainer.stop_reason}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "generator.pt"
         torch.save(trainer.checkpoint_dict(), path)
@@ -355,6 +357,8 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
         "steps_done": trainer.step,
         "resumed_from_step": resumed_from,
         "early_stopped": trainer.stopped,
+        "stop_reason": trainer.stop_reason,
+        "selected_policy": selected,
         "device": device,
         "wall_time_s": time.perf_counter() - t0,
     })

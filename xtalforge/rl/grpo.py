@@ -127,6 +127,15 @@ class GRPOConfig:
         Denoising steps whose log-probabilities are recomputed in one denoiser pass during the
         update (0: all of a group's stochastic steps at once; 1: one step at a time, the least
         memory). The loss and its gradient are the same; larger passes are much faster on a GPU.
+    max_kl
+        Stop when a step's mean KL to the reference exceeds this (None: never). A step whose
+        loss or gradient is not finite is never applied, and training stops there.
+    select_by
+        Curve key of the rollout metrics (e.g. ``"frac_msun"``, ``"reward_raw_total"``) by
+        which the best policy seen is kept; :meth:`GRPOTrainer.restore_best` puts it back at
+        the end. A step's rollouts measure the policy *before* that step's update, so the kept
+        weights are the ones that produced the best rollouts. Ties go to the higher raw reward.
+        None keeps the last policy.
     """
 
     algorithm: str = "grpo"
@@ -155,6 +164,8 @@ class GRPOConfig:
     seed: int = 0
     start_from_ema: bool = True
     steps_per_pass: int = 0
+    max_kl: float | None = None
+    select_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -414,6 +425,8 @@ class GRPOTrainer:
         self.step = 0
         self.curves: list[dict[str, Any]] = []
         self.early = _EarlyStop()
+        self.stop_reason: str | None = None
+        self.best: dict[str, Any] | None = None  # {"key", "step", "state"} (select_by)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -507,6 +520,7 @@ class GRPOTrainer:
         if not steps:
             raise ValueError("no stochastic steps: use eta > 0")
         sums: dict[str, float] = {}
+        skipped = 0
         first_dev = 0.0
         grad_norms = []
         max_dev = 0.0
@@ -536,6 +550,11 @@ class GRPOTrainer:
                 clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
                 gn = torch.nn.utils.clip_grad_norm_(self.params, clip)
                 grad_norms.append(float(gn))
+                if not math.isfinite(float(gn)):
+                    # never apply a NaN/inf step: the policy stays as it was
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
                 self.optimizer.step()
         n = max(sums.get("n", 1.0), 1.0)
         return {
@@ -548,7 +567,8 @@ class GRPOTrainer:
             "kl": sums["kl"] / n,
             "entropy": sums["entropy"] / n,
             "grad_norm": float(np.mean(grad_norms)),
-            "num_optimizer_steps": float(len(grad_norms)),
+            "num_optimizer_steps": float(len(grad_norms) - skipped),
+            "num_skipped_updates": float(skipped),
             "num_stochastic_steps": float(len(steps)),
         }
 
@@ -562,12 +582,13 @@ class GRPOTrainer:
         br, ctx = self.score(ro)
         t2 = time.perf_counter()
         adv = self.advantages(br.total, ro.groups)
+        row: dict[str, Any] = {"step": self.step + 1}
+        row.update(br.summary())
+        row.update(ctx.batch_summary())
+        self._track_best(row)  # before the update: these rollouts are the current policy's
         stats = self.update(ro, adv)
         t3 = time.perf_counter()
         self.step += 1
-        row: dict[str, Any] = {"step": self.step}
-        row.update(br.summary())
-        row.update(ctx.batch_summary())
         group_std = [float(br.total[ro.groups == g].std()) for g in np.unique(ro.groups)]
         row.update({
             "adv_var": float(np.var(adv)),
@@ -582,8 +603,56 @@ class GRPOTrainer:
                     **{f"t_metric/{k}": v for k, v in ctx.timings.items()}})
         self.curves.append(row)
         self._early_stopping(row["reward_raw_total"])
+        self._guards(row)
         row["early_stopped"] = self.early.stopped
+        row["stop_reason"] = self.stop_reason
         return row
+
+    def _guards(self, row: dict[str, Any]) -> None:
+        """Stop on a non-finite update or on KL drift beyond ``config.max_kl``."""
+        cfg = self.config
+        reason = None
+        if row.get("num_skipped_updates", 0) > 0 or not math.isfinite(row.get("loss", 0.0)):
+            reason = (f"non-finite loss or gradient at step {self.step} "
+                      f"({int(row.get('num_skipped_updates', 0))} update(s) not applied)")
+        elif cfg.max_kl is not None and not row.get("kl", 0.0) <= cfg.max_kl:
+            reason = f"KL to the reference {row.get('kl'):.3g} > max_kl {cfg.max_kl:g}"
+        if reason is not None:
+            self.early.stopped = True
+            self.stop_reason = reason
+            logger.warning("stopping GRPO: %s", reason)
+
+    def _track_best(self, row: dict[str, Any]) -> None:
+        """Keep a copy of the current policy if its rollouts are the best so far."""
+        key_name = self.config.select_by
+        if key_name is None:
+            return
+        if key_name not in row:
+            raise KeyError(f"select_by={key_name!r} is not a curve key; have {sorted(row)}")
+        val, rew = float(row[key_name]), float(row.get("reward_raw_total", -math.inf))
+        if not math.isfinite(val):
+            return
+        key = (val, rew if math.isfinite(rew) else -math.inf)
+        if self.best is None or key > self.best["key"]:
+            state = {k: v.detach().to("cpu", copy=True)
+                     for k, v in self.generator.ldm.denoiser.state_dict().items()}
+            self.best = {"key": key, "step": self.step, "value": val, "state": state}
+
+    def restore_best(self) -> dict[str, Any] | None:
+        """Load the policy kept by ``select_by`` (no-op without one).
+
+        Returns
+        -------
+        dict or None
+            ``{"select_by", "value", "policy_after_updates"}`` of the restored policy.
+        """
+        if self.best is None:
+            return None
+        self.generator.ldm.denoiser.load_state_dict(self.best["state"])
+        info = {"select_by": self.config.select_by, "value": self.best["value"],
+                "policy_after_updates": self.best["step"]}
+        logger.info("restored the best policy by %s", info)
+        return info
 
     def _early_stopping(self, value: float) -> None:
         cfg = self.config
@@ -648,7 +717,8 @@ class GRPOTrainer:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
                 "curves": [dict(r) for r in self.curves], "config": self.config.to_dict(),
                 "early": {"best": e.best, "since_best": e.since_best, "history": list(e.history),
-                          "stopped": e.stopped}}
+                          "stopped": e.stopped},
+                "stop_reason": self.stop_reason}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (after loading the policy weights into the generator)."""
@@ -658,6 +728,9 @@ class GRPOTrainer:
         e = state["early"]
         self.early = _EarlyStop(float(e["best"]), int(e["since_best"]),
                                 [float(v) for v in e["history"]], bool(e["stopped"]))
+        self.stop_reason = state.get("stop_reason")
+        # the select_by copy is not part of the saved state: tracking restarts here
+        self.best = None
 
     def checkpoint_dict(self) -> dict[str, Any]:
         """Return the generator checkpoint payload of the policy (EMA synced to it)."""
