@@ -135,7 +135,10 @@ class GRPOConfig:
         which the best policy seen is kept; :meth:`GRPOTrainer.restore_best` puts it back at
         the end. A step's rollouts measure the policy *before* that step's update, so the kept
         weights are the ones that produced the best rollouts. Ties go to the higher raw reward.
-        None keeps the last policy.
+        None keeps the last policy. Rollout metrics also depend on the atom counts each step
+        draws (a group of one-atom cells makes metastable elemental crystals easily), so a
+        selection on them picks favourable conditions as well as good policies: confirm the
+        kept policy on fresh samples.
     """
 
     algorithm: str = "grpo"
