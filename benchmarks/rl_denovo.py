@@ -228,7 +228,7 @@ def run_rl(name, preset, base, args, res, device, val_latents) -> tuple:
         num_inner_batches=args.inner_batches, max_steps=args.rl_steps,
         patience=args.patience, sampling_steps=args.sampling_steps, eta=1.0,
         dtype=args.dtype, seed=args.seed, val_every=args.val_every, max_kl=args.max_kl,
-        select_by=args.select_by)
+        select_by=args.select_by, eval_every=args.eval_every, eval_samples=args.eval_samples)
     reward = build_reward(preset)
     for c in reward.components:
         if c.name == "stability" and args.stability_clip != 1.0:
@@ -251,7 +251,8 @@ def run_rl(name, preset, base, args, res, device, val_latents) -> tuple:
         keys = [k for k in row if k.startswith("reward/")] + [
             "reward_raw_total", "kl", "clip_frac", "ratio_mean", "adv_var", "val_nll",
             "frac_msun", "frac_unique", "frac_novel", "frac_metastable",
-            "n_distinct_formulas", "wall_time_s"]
+            "n_distinct_formulas", "eval/frac_msun", "eval/frac_metastable",
+            "eval/mean_e_above_hull", "eval/n_distinct_formulas", "wall_time_s"]
         print(f"[{name}] step {row['step']:3d} " + " ".join(
             f"{k.replace('reward/', 'r_')}={row[k]:.4g}" for k in keys
             if k in row and isinstance(row[k], float)), flush=True)
@@ -290,6 +291,9 @@ def main() -> None:
     ap.add_argument("--inner-batches", type=int, default=2)
     ap.add_argument("--patience", type=int, default=500)
     ap.add_argument("--max-kl", type=float, default=None, help="stop when KL exceeds this")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="fixed-seed evaluation of the policy every N steps (eval/... curves)")
+    ap.add_argument("--eval-samples", type=int, default=256)
     ap.add_argument("--select-by", default=None,
                     help="keep the policy with the best rollout value of this curve key "
                          "(e.g. frac_msun); default: the last policy")

@@ -274,6 +274,25 @@ def test_select_by_restores_the_policy_that_made_the_best_rollouts():
                        _config()).restore_best() is None
 
 
+def test_fixed_seed_evaluation_curve_and_selection():
+    gen = _tiny_generator(8)
+    tr = GRPOTrainer(gen, build_reward([{"name": "test_volume"}]), RewardResources(),
+                     _config(eval_every=2, eval_samples=6, select_by="eval/reward_raw_total"))
+    first = tr.evaluate_policy()
+    assert tr.evaluate_policy() == first  # same atom counts and noise: same numbers
+    assert first["eval/n"] == 6.0 and "eval/reward/test_volume" in first
+    curves = tr.train(4, progress=False)
+    has_eval = ["eval/reward_raw_total" in r for r in curves]
+    assert has_eval == [True, False, True, False]  # before updates 0 and 2
+    assert curves[0]["eval/reward_raw_total"] == first["eval/reward_raw_total"]
+    assert curves[2]["eval/reward_raw_total"] != first["eval/reward_raw_total"]  # policy moved
+    best = max((0, 2), key=lambda i: curves[i]["eval/reward_raw_total"])
+    assert tr.restore_best()["policy_after_updates"] == best
+    assert tr.evaluate_policy()["eval/reward_raw_total"] == curves[best]["eval/reward_raw_total"]
+    with pytest.raises(ValueError):
+        GRPOConfig(eval_every=-1)
+
+
 # ----------------------------------------------------------------------------- makers
 def _structures() -> list[Structure]:
     out = []

@@ -138,7 +138,13 @@ class GRPOConfig:
         None keeps the last policy. Rollout metrics also depend on the atom counts each step
         draws (a group of one-atom cells makes metastable elemental crystals easily), so a
         selection on them picks favourable conditions as well as good policies: confirm the
-        kept policy on fresh samples.
+        kept policy on fresh samples, or select on the fixed evaluation (``"eval/frac_msun"``).
+    eval_every, eval_samples, eval_seed
+        Every ``eval_every`` steps (0: never), before the step's update, sample
+        ``eval_samples`` crystals from the policy with the same atom counts and noise each time
+        (``eval_seed``) and score them with the reward's metrics: curve keys ``eval/...``
+        (``eval/frac_msun``, ``eval/mean_e_above_hull``, ``eval/reward_raw_total``...). Unlike
+        the rollouts, these numbers are comparable from step to step.
     """
 
     algorithm: str = "grpo"
@@ -169,6 +175,9 @@ class GRPOConfig:
     steps_per_pass: int = 0
     max_kl: float | None = None
     select_by: str | None = None
+    eval_every: int = 0
+    eval_samples: int = 256
+    eval_seed: int = 2_000_003
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -177,6 +186,8 @@ class GRPOConfig:
             raise ValueError(f"reference must be one of {REFERENCES}")
         if self.eta <= 0:
             raise ValueError("eta must be > 0: a deterministic sampler has no log-probabilities")
+        if self.eval_every < 0 or (self.eval_every and self.eval_samples < 2):
+            raise ValueError("eval_every must be >= 0 and eval_samples >= 2")
         if self.group_size < 2 and self.algorithm == "grpo":
             raise ValueError("GRPO needs group_size >= 2")
         if self.num_inner_batches < 1 or self.num_epochs < 1:
@@ -580,6 +591,10 @@ class GRPOTrainer:
         """Roll out, score, update; append and return the step's curve row."""
         cfg = self.config
         t0 = time.perf_counter()
+        evaluation = (self.evaluate_policy() if cfg.eval_every and self.step % cfg.eval_every == 0
+                      else {})
+        t_eval = time.perf_counter() - t0
+        t0 = time.perf_counter()
         ro = self.rollout()
         t1 = time.perf_counter()
         br, ctx = self.score(ro)
@@ -588,6 +603,9 @@ class GRPOTrainer:
         row: dict[str, Any] = {"step": self.step + 1}
         row.update(br.summary())
         row.update(ctx.batch_summary())
+        if evaluation:
+            row.update(evaluation)
+            row["t_eval_s"] = t_eval
         self._track_best(row)  # before the update: these rollouts are the current policy's
         stats = self.update(ro, adv)
         t3 = time.perf_counter()
@@ -611,6 +629,33 @@ class GRPOTrainer:
         row["stop_reason"] = self.stop_reason
         return row
 
+    @torch.no_grad()
+    def evaluate_policy(self) -> dict[str, float]:
+        """Score a fixed-seed sample of the current policy (see ``GRPOConfig.eval_every``).
+
+        Returns
+        -------
+        dict
+            ``eval/<key>`` for the batch fractions of :meth:`RewardContext.batch_summary` and
+            the raw reward means of :meth:`RewardBreakdown.summary`.
+        """
+        from xtalforge.rewards.base import RewardContext
+
+        cfg = self.config
+        gen = self.generator
+        counts = gen.sample_num_atoms(cfg.eval_samples,
+                                      torch.Generator().manual_seed(cfg.eval_seed))
+        was_training = gen.ldm.denoiser.training
+        out = gen.generate(cfg.eval_samples, num_atoms=counts, seed=cfg.eval_seed,
+                           batch_size=cfg.eval_samples, device=self.device, dtype=cfg.dtype,
+                           steps=cfg.sampling_steps, eta=cfg.eta, use_ema=False, progress=False)
+        gen.ldm.denoiser.train(was_training)
+        ctx = RewardContext(out.structures, self.resources)
+        summary = self.reward(ctx, groups=None).summary()
+        summary.update(ctx.batch_summary())
+        return {f"eval/{k}": v for k, v in summary.items()
+                if not k.startswith(("reward_std/", "failed/")) and k != "reward_total"}
+
     def _guards(self, row: dict[str, Any]) -> None:
         """Stop on a non-finite update or on KL drift beyond ``config.max_kl``."""
         cfg = self.config
@@ -631,6 +676,8 @@ class GRPOTrainer:
         if key_name is None:
             return
         if key_name not in row:
+            if key_name.startswith("eval/") and self.config.eval_every:
+                return  # no evaluation at this step
             raise KeyError(f"select_by={key_name!r} is not a curve key; have {sorted(row)}")
         val, rew = float(row[key_name]), float(row.get("reward_raw_total", -math.inf))
         if not math.isfinite(val):
