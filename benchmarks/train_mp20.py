@@ -302,20 +302,27 @@ def main(argv: list[str] | None = None) -> dict:
             warmup_steps=args.warmup,
             schedule=args.schedule,
         )
-        h_vae = train_vae(
-            gen,
-            train,
-            steps=args.vae_steps,
-            lr=args.vae_lr,
-            max_time_s=None if not args.vae_minutes else 60.0 * args.vae_minutes,
-            **common,
-        )
+        if args.vae_steps > 0:
+            h_vae = train_vae(
+                gen,
+                train,
+                steps=args.vae_steps,
+                lr=args.vae_lr,
+                max_time_s=None if not args.vae_minutes else 60.0 * args.vae_minutes,
+                **common,
+            )
+        else:  # continue the LDM of --checkpoint on its frozen VAE
+            if not args.checkpoint:
+                ap.error("--vae-steps 0 needs --checkpoint (a trained VAE)")
+            h_vae = {"steps": 0, "epochs": 0.0, "wall_time_s": 0.0}
         h_ldm = train_ldm(
             gen,
             train,
             steps=args.ldm_steps,
             lr=args.ldm_lr,
             max_time_s=None if not args.ldm_minutes else 60.0 * args.ldm_minutes,
+            # a new VAE needs new latent statistics; a continued LDM keeps the ones it has
+            fit_latent_stats=args.vae_steps > 0 or not args.checkpoint,
             **common,
         )
         metrics["training"] = {
