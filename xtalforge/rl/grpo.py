@@ -553,7 +553,7 @@ class GRPOTrainer:
                         loss, st = policy_loss(lp_new, lp_old, adv_b, lp_ref, cfg.clip_eps,
                                                cfg.kl_weight, cfg.entropy_weight, "sum")
                         (loss / n_elem).backward()
-                        sums["loss"] = sums.get("loss", 0.0) + float(loss)
+                        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                         for key, val in st.items():
                             if key == "ratio_absdev_max":
                                 max_dev = max(max_dev, float(val))
