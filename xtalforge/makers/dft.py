@@ -1064,40 +1064,27 @@ def _mp_static() -> Maker:
     return MPGGAStaticMaker()
 
 
+def _common_refs(o: Any) -> dict[str, Any]:
+    """Return references to the fields that every VASP task document output has."""
+    return {"state": o.state, "dir_name": o.dir_name, "input": o.input, "output": o.output}
+
+
 def _static_refs(j: Job) -> dict[str, Any]:
     o = j.output
-    return {
-        "state": o.state,
-        "dir_name": o.dir_name,
-        "calc_type": o.calc_type,
-        "input": o.input,
-        "output": o.output,
-        "entry": o.entry,
-        "structure": o.structure,
-    }
+    return {**_common_refs(o), "calc_type": o.calc_type, "entry": o.entry,
+            "structure": o.structure}
 
 
 def _nscf_refs(j: Job) -> dict[str, Any]:
     o = j.output
-    return {
-        "state": o.state,
-        "dir_name": o.dir_name,
-        "input": o.input,
-        "output": o.output,
-        "is_gap_direct": o.calcs_reversed[0].output.is_gap_direct,
-    }
+    return {**_common_refs(o), "is_gap_direct": o.calcs_reversed[0].output.is_gap_direct}
 
 
 def _dielectric_refs(j: Job) -> dict[str, Any]:
     o = j.output
-    return {
-        "state": o.state,
-        "dir_name": o.dir_name,
-        "input": o.input,
-        "output": o.output,
-        "epsilon_static": o.calcs_reversed[0].output.epsilon_static,
-        "epsilon_ionic": o.calcs_reversed[0].output.epsilon_ionic,
-    }
+    out = o.calcs_reversed[0].output
+    return {**_common_refs(o), "epsilon_static": out.epsilon_static,
+            "epsilon_ionic": out.epsilon_ionic}
 
 
 # --------------------------------------------------------------------------- configuration
