@@ -46,6 +46,7 @@ from xtalforge.models.crystal import (
     batch_to_structures,
     structures_to_batch,
 )
+from xtalforge.models.diffusion import LatentDiffusion
 from xtalforge.models.generator import GeneratorConfig, LatentDiffusionGenerator
 from xtalforge.models.training import train_ldm, train_vae
 
@@ -227,6 +228,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-test", type=int, default=None)
     ap.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 1))
     ap.add_argument("--checkpoint", default=None, help="load this checkpoint")
+    ap.add_argument(
+        "--new-ldm",
+        action="store_true",
+        help="with --vae-steps 0: keep the checkpoint's VAE, train a fresh LDM (--dit-* sizes)",
+    )
+    ap.add_argument("--ema-decay", type=float, default=None, help="EMA decay of a new LDM")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument(
         "--inference-only-checkpoint",
@@ -270,6 +277,18 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.checkpoint:
         gen = LatentDiffusionGenerator.load(args.checkpoint, map_location=device)
+        if args.new_ldm:
+            if args.vae_steps > 0:
+                ap.error("--new-ldm keeps the checkpoint's VAE: use it with --vae-steps 0")
+            dit = gen.config.dit
+            dit.depth = args.dit_depth or dit.depth
+            dit.hidden_dim = args.dit_hidden or dit.hidden_dim
+            dit.num_heads = args.dit_heads or dit.num_heads
+            if args.ema_decay is not None:
+                gen.config.diffusion.ema_decay = args.ema_decay
+            gen.ldm = LatentDiffusion(
+                gen.config.vae.latent_dim, gen.config.max_atoms, dit, gen.config.diffusion
+            ).to(device)
     else:
         cfg = getattr(GeneratorConfig, args.preset)()
         if args.vae_hidden:
@@ -284,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
             cfg.dit.num_heads = args.dit_heads
         if args.kl_weight is not None:
             cfg.vae.w_kl = args.kl_weight
+        if args.ema_decay is not None:
+            cfg.diffusion.ema_decay = args.ema_decay
         gen = LatentDiffusionGenerator(cfg)
     metrics["config"] = gen.config.to_dict()
     metrics["params"] = {
@@ -322,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
             lr=args.ldm_lr,
             max_time_s=None if not args.ldm_minutes else 60.0 * args.ldm_minutes,
             # a new VAE needs new latent statistics; a continued LDM keeps the ones it has
-            fit_latent_stats=args.vae_steps > 0 or not args.checkpoint,
+            fit_latent_stats=args.vae_steps > 0 or not args.checkpoint or args.new_ldm,
             **common,
         )
         metrics["training"] = {
