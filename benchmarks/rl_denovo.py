@@ -187,6 +187,14 @@ def evaluate(label, gen, args, res, device, surrogate=None) -> dict:
             "n_with_e_above_hull": summary.get("n_with_e_above_hull"),
             "t_screen_s": summary["timings_s"]["total"],
         })
+        e = np.array([r["e_above_hull"] for r in records if r.get("e_above_hull") is not None],
+                     dtype=float)
+        e = e[np.isfinite(e)]
+        if e.size:  # where the E_hull mass sits: how far the samples are from metastability
+            row.update({"e_hull_q10": float(np.quantile(e, 0.1)),
+                        "e_hull_median": float(np.median(e)),
+                        "frac_e_hull_below_0.5": float((e < 0.5).sum() / len(structs)),
+                        "frac_e_hull_below_1": float((e < 1.0).sum() / len(structs))})
     row["t_eval_s"] = time.perf_counter() - t0
     logger.info("eval %s: %s", label, {k: (round(v, 4) if isinstance(v, float) else v)
                                        for k, v in row.items()})
@@ -427,7 +435,7 @@ def main() -> None:
     print_table(rows)
     results["rows"] = rows
     (args.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    for name in args.runs.split(","):
+    for name in [r for r in args.runs.split(",") if r]:  # --runs "" evaluates the base only
         gen, info = run_rl(name, name, base, args, res, device, val_latents)
         if args.save_checkpoints:
             info["checkpoint_sha256"] = gen.save(args.out_dir / f"{name}.pt", inference_only=True)
