@@ -167,7 +167,7 @@ def evaluate(label, gen, args, res, device, surrogate=None) -> dict:
         row["gap_frac_2.7_3.3"] = float(((g >= 2.7) & (g <= 3.3) & fin).sum() / len(g))
         row["gap_mean"] = float(np.nanmean(g))
         row["gap_median"] = float(np.nanmedian(g))
-    if args.screen and label in args.screen_models:
+    if args.screen and label.split("+")[0] in args.screen_models:
         from xtalforge.rewards.base import GuardedEnergyModel
 
         records, summary = screen_structures(
@@ -278,6 +278,12 @@ def run_rl(name, preset, base, args, res, device, val_latents) -> tuple:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True, type=Path)
+    ap.add_argument("--decoder-from", type=Path, default=None,
+                    help="decode with this checkpoint's decoder (same VAE encoder), e.g. one "
+                         "fine-tuned on noised latents by train_mp20.py --decoder-noise")
+    ap.add_argument("--compare-decoders", default="",
+                    help="comma-separated checkpoints whose decoders are also evaluated on the "
+                         "base model's samples (rows base+<name>) before the RL runs")
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mp20")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="train_mp20.py .pt caches of val/test (faster than parsing CIFs)")
@@ -361,6 +367,9 @@ def main() -> None:
     base = LatentDiffusionGenerator.load(args.checkpoint, map_location=device)
     sha = file_sha256(args.checkpoint)
     print(f"checkpoint {args.checkpoint} sha256 {sha[:16]}")
+    if args.decoder_from:
+        base.take_decoder(LatentDiffusionGenerator.load(args.decoder_from, map_location=device))
+        print(f"decoder from {args.decoder_from} sha256 {file_sha256(args.decoder_from)[:16]}")
     chg = get_energy_model("chgnet", device=device)
     import pandas as pd
 
@@ -428,10 +437,18 @@ def main() -> None:
     # ------------------------------------------------------------------ runs
     results = {"args": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path)
                             else v) for k, v in vars(args).items()},
-               "device": dev_name, "checkpoint_sha256": sha, "hull": hull.convention,
+               "device": dev_name, "checkpoint_sha256": sha,
+               "decoder_from": str(args.decoder_from) if args.decoder_from else None,
+               "hull": hull.convention,
                "chemical_potentials_source": mu_src, "surrogate": sur_info, "rows": [],
                "runs": []}
     rows = [evaluate("base", base, args, res, device, surrogate)]
+    for path in [p for p in args.compare_decoders.split(",") if p]:
+        alt = copy.deepcopy(base)
+        alt.take_decoder(LatentDiffusionGenerator.load(path, map_location=device))
+        tag = Path(path).parent.name if Path(path).stem == "generator" else Path(path).stem
+        rows.append(evaluate(f"base+{tag}", alt, args, res, device, surrogate))
+        del alt
     print_table(rows)
     results["rows"] = rows
     (args.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))

@@ -25,11 +25,21 @@ Train and evaluate::
         --out-dir out/mp20_run
 
 Evaluate an existing checkpoint only: ``--checkpoint PATH --eval-only``.
+
+Fine-tune only the decoder of a checkpoint on noised latents (encoder and LDM untouched), with
+reconstructions from noised latents reported::
+
+    python benchmarks/train_mp20.py --train val.pt --test test.pt --checkpoint gen.pt \
+        --vae-steps 0 --ldm-steps 0 --decoder-noise 0.3 --decoder-minutes 3 --out-dir out/dec
+
+``--decoder-from PATH`` evaluates (and saves) the checkpoint with the decoder of ``PATH``;
+``--compare-decoder PATH`` decodes the same sampled latents with both decoders.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import multiprocessing as mp
@@ -48,7 +58,7 @@ from xtalforge.models.crystal import (
 )
 from xtalforge.models.diffusion import LatentDiffusion
 from xtalforge.models.generator import GeneratorConfig, LatentDiffusionGenerator
-from xtalforge.models.training import train_ldm, train_vae
+from xtalforge.models.training import finetune_decoder, train_ldm, train_vae
 
 logger = logging.getLogger("train_mp20")
 
@@ -192,6 +202,75 @@ def _save_structures(structures: list, path: Path) -> None:
         json.dump([None if s is None else s.as_dict() for s in structures], fh)
 
 
+@torch.no_grad()
+def noised_reconstruction(gen, test: list, levels: list[float], device, args) -> dict:
+    """Reconstruction from posterior means plus noise of each level (in latent stds).
+
+    Shows how far the decoder tolerates latent errors of the size a diffusion model makes:
+    the StructureMatcher match rate and shortest-distance quantiles of the decoded crystals.
+    """
+    out = {}
+    batch = structures_to_batch(test, max_atoms=gen.max_atoms)
+    std = gen.ldm.latent_std.to(device)
+    g = torch.Generator(device=device).manual_seed(args.seed + 7)
+    for level in levels:
+        recs: list = []
+        for start in range(0, len(batch), 512):
+            b = batch[slice(start, start + 512)].to(device)
+            mean, _ = gen.vae.encode(b)
+            eps = torch.randn(mean.shape, generator=g, device=device)
+            z = mean + level * std * eps
+            recs.extend(batch_to_structures(gen.vae.decode_batch(z, b.mask).to("cpu")))
+        matched = match_rate(test, recs, args.workers)
+        out[str(level)] = {"match_rate": float(matched.mean()),
+                           "min_distance": min_distance_summary(recs)}
+        logger.info("reconstruction from latents + %.2f std noise: %s", level, out[str(level)])
+    return out
+
+
+def sample_metrics(gen, args, device, path: Path) -> dict:
+    """Validity and shortest-distance metrics of ``--n-samples`` generated crystals."""
+    res = gen.generate(
+        args.n_samples,
+        seed=args.seed,
+        batch_size=1000,
+        device=device,
+        dtype=args.dtype,
+        steps=args.steps,
+        eta=args.eta,
+    )
+    valid_struct = np.array([structure_valid(s) for s in res.structures])
+    try:
+        import smact.screening  # noqa: F401
+
+        valid_comp = np.array([smact_valid(s) for s in res.structures])
+    except ImportError as exc:  # keep going: the samples are saved for a later check
+        logger.warning("smact unavailable (%s): SMACT validity not computed", exc)
+        valid_comp = None
+    _save_structures(res.structures, path)
+    reasons: dict[str, int] = {}
+    for r in res.reasons:
+        if r is not None:
+            key = r.split("(")[0].strip()
+            reasons[key] = reasons.get(key, 0) + 1
+    out = {
+        "n": args.n_samples,
+        "steps": args.steps,
+        "eta": args.eta,
+        "dtype": args.dtype,
+        "decoded_fraction": res.num_valid / args.n_samples,
+        "structural_validity": float(valid_struct.mean()),
+        "smact_validity": None if valid_comp is None else float(valid_comp.mean()),
+        "both_valid": None if valid_comp is None else float((valid_struct & valid_comp).mean()),
+        "invalid_decode_reasons": reasons,
+        "timings_s": res.timings,
+        "mean_num_atoms": float(np.mean(res.num_atoms)),
+        "min_distance": min_distance_summary(res.structures),
+    }
+    logger.info("sampling %s", out)
+    return out
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -241,6 +320,18 @@ def main(argv: list[str] | None = None) -> dict:
         help="save only the EMA denoiser (smaller file)",
     )
     ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--decoder-noise", type=float, default=None,
+                    help="fine-tune the decoder on latents noised up to this many latent stds")
+    ap.add_argument("--decoder-steps", type=int, default=20000)
+    ap.add_argument("--decoder-minutes", type=float, default=None)
+    ap.add_argument("--decoder-lr", type=float, default=1e-4)
+    ap.add_argument("--decoder-from", default=None,
+                    help="use the decoder of this checkpoint (same encoder) before evaluating")
+    ap.add_argument("--compare-decoder", default=None,
+                    help="also decode the sampled latents with this checkpoint's decoder")
+    ap.add_argument("--recon-noise", default="0,0.1,0.2",
+                    help="latent noise levels (latent stds) for noised-reconstruction metrics")
+    ap.add_argument("--no-sample", action="store_true", help="skip the sampling metrics")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.manual_seed(args.seed)
@@ -336,16 +427,31 @@ def main(argv: list[str] | None = None) -> dict:
             if not args.checkpoint:
                 ap.error("--vae-steps 0 needs --checkpoint (a trained VAE)")
             h_vae = {"steps": 0, "epochs": 0.0, "wall_time_s": 0.0}
-        h_ldm = train_ldm(
-            gen,
-            train,
-            steps=args.ldm_steps,
-            lr=args.ldm_lr,
-            max_time_s=None if not args.ldm_minutes else 60.0 * args.ldm_minutes,
-            # a new VAE needs new latent statistics; a continued LDM keeps the ones it has
-            fit_latent_stats=args.vae_steps > 0 or not args.checkpoint or args.new_ldm,
-            **common,
-        )
+        if args.ldm_steps > 0:
+            h_ldm = train_ldm(
+                gen,
+                train,
+                steps=args.ldm_steps,
+                lr=args.ldm_lr,
+                max_time_s=None if not args.ldm_minutes else 60.0 * args.ldm_minutes,
+                # a new VAE needs new latent statistics; a continued LDM keeps the ones it has
+                fit_latent_stats=args.vae_steps > 0 or not args.checkpoint or args.new_ldm,
+                **common,
+            )
+        else:
+            h_ldm = {"steps": 0, "epochs": 0.0, "wall_time_s": 0.0, "loss": [float("nan")]}
+        if args.decoder_noise is not None:
+            h_dec = finetune_decoder(
+                gen,
+                train,
+                noise_max=args.decoder_noise,
+                steps=args.decoder_steps,
+                lr=args.decoder_lr,
+                max_time_s=None if not args.decoder_minutes else 60.0 * args.decoder_minutes,
+                **common,
+            )
+        else:
+            h_dec = {"steps": 0, "epochs": 0.0, "wall_time_s": 0.0}
         metrics["training"] = {
             "vae": {
                 "steps": h_vae["steps"],
@@ -365,12 +471,21 @@ def main(argv: list[str] | None = None) -> dict:
                 "lr": args.ldm_lr,
                 "final_loss": h_ldm["loss"][-1],
             },
+            "decoder": {
+                "steps": h_dec["steps"],
+                "epochs": h_dec["epochs"],
+                "wall_time_s": h_dec["wall_time_s"],
+                "noise_max": args.decoder_noise,
+                "lr": args.decoder_lr,
+                "final_loss": h_dec["loss"][-1] if "loss" in h_dec else None,
+            },
             "batch_size": args.batch_size,
             "dtype": args.dtype,
             "tf32": args.tf32,
             "schedule": args.schedule,
             "warmup_steps": args.warmup,
-            "total_wall_time_s": h_vae["wall_time_s"] + h_ldm["wall_time_s"],
+            "total_wall_time_s": h_vae["wall_time_s"] + h_ldm["wall_time_s"]
+            + h_dec["wall_time_s"],
         }
         ckpt = out_dir / "generator.pt"
         metrics["checkpoint"] = {
@@ -379,7 +494,13 @@ def main(argv: list[str] | None = None) -> dict:
             "bytes": ckpt.stat().st_size,
             "inference_only": args.inference_only_checkpoint,
         }
-        (out_dir / "history.json").write_text(json.dumps({"vae": h_vae, "ldm": h_ldm}))
+        (out_dir / "history.json").write_text(
+            json.dumps({"vae": h_vae, "ldm": h_ldm, "decoder": h_dec})
+        )
+    if args.decoder_from:
+        gen.take_decoder(LatentDiffusionGenerator.load(args.decoder_from, map_location=device))
+        metrics["decoder_from"] = args.decoder_from
+        logger.info("decoder taken from %s", args.decoder_from)
 
     # reconstruction
     t = time.perf_counter()
@@ -398,57 +519,28 @@ def main(argv: list[str] | None = None) -> dict:
         "match_s": time.perf_counter() - t,
     }
     logger.info("reconstruction %s", metrics["reconstruction"])
-
-    # sampling
-    res = gen.generate(
-        args.n_samples,
-        seed=args.seed,
-        batch_size=1000,
-        device=device,
-        dtype=args.dtype,
-        steps=args.steps,
-        eta=args.eta,
+    metrics["noised_reconstruction"] = noised_reconstruction(
+        gen, test, [float(v) for v in args.recon_noise.split(",") if v], device, args
     )
-    valid_struct = np.array([structure_valid(s) for s in res.structures])
-    try:
-        import smact.screening  # noqa: F401
-
-        valid_comp = np.array([smact_valid(s) for s in res.structures])
-    except ImportError as exc:  # keep going: the samples are saved for a later check
-        logger.warning("smact unavailable (%s): SMACT validity not computed", exc)
-        valid_comp = None
-    _save_structures(res.structures, out_dir / "samples.json.gz")
-    reasons: dict[str, int] = {}
-    for r in res.reasons:
-        if r is not None:
-            key = r.split("(")[0].strip()
-            reasons[key] = reasons.get(key, 0) + 1
-    metrics["sampling"] = {
-        "n": args.n_samples,
-        "steps": args.steps,
-        "eta": args.eta,
-        "dtype": args.dtype,
-        "decoded_fraction": res.num_valid / args.n_samples,
-        "structural_validity": float(valid_struct.mean()),
-        "smact_validity": None if valid_comp is None else float(valid_comp.mean()),
-        "both_valid": None if valid_comp is None else float((valid_struct & valid_comp).mean()),
-        "invalid_decode_reasons": reasons,
-        "timings_s": res.timings,
-        "mean_num_atoms": float(np.mean(res.num_atoms)),
-        "min_distance": min_distance_summary(res.structures),
-    }
+    if not args.no_sample:
+        metrics["sampling"] = sample_metrics(gen, args, device, out_dir / "samples.json.gz")
+        if args.compare_decoder:
+            other = copy.deepcopy(gen)
+            other.take_decoder(LatentDiffusionGenerator.load(args.compare_decoder,
+                                                             map_location=device))
+            metrics["sampling_compare_decoder"] = {
+                "decoder_from": args.compare_decoder,
+                **sample_metrics(other, args, device, out_dir / "samples_compare.json.gz"),
+            }
     # the same validity metrics on (a sample of) the reference test structures, for scale
     ref = test[: args.n_samples]
     metrics["reference_test_validity"] = {
         "n": len(ref),
         "structural_validity": float(np.mean([structure_valid(s) for s in ref])),
-        "smact_validity": None
-        if valid_comp is None
-        else float(np.mean([smact_valid(s) for s in ref])),
+        "smact_validity": float(np.mean([smact_valid(s) for s in ref])),
         "min_distance": min_distance_summary(ref),
     }
     logger.info("reference test min distances %s", metrics["reference_test_validity"])
-    logger.info("sampling %s", metrics["sampling"])
     metrics["total_wall_s"] = time.perf_counter() - t0
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print(

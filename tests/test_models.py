@@ -367,3 +367,79 @@ def test_save_load_roundtrip(trained, tmp_path):
     assert small.stat().st_size < path.stat().st_size
     c = LatentDiffusionGenerator.load(small).generate(6, seed=7, steps=8, eta=0.5, progress=False)
     assert _summary(a) == _summary(c)
+
+
+def _noisy_recon_loss(gen, batch, level: float, seed: int = 3) -> float:
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.full((len(batch),), level)
+    with torch.no_grad():
+        return float(gen.vae.noisy_latent_loss(batch, scale, gen.ldm.latent_std, g)["loss"])
+
+
+def test_finetune_decoder_keeps_encoder_and_learns_noisy_latents(trained, structures):
+    import copy
+
+    from xtalforge.models.training import finetune_decoder
+
+    gen = copy.deepcopy(trained[0])
+    batch = structures_to_batch(structures)
+    with torch.no_grad():
+        z_before = gen.vae.encode(batch)[0].clone()
+    enc_names = {n for n, p in gen.vae.named_parameters()} - {
+        n for n, p in gen.vae.named_parameters()
+        if any(p is q for q in gen.vae.decoder_parameters())
+    }
+    enc_before = {n: p.detach().clone() for n, p in gen.vae.named_parameters() if n in enc_names}
+    dec_before = [p.detach().clone() for p in gen.vae.decoder_parameters()]
+    ldm_before = {k: v.clone() for k, v in gen.ldm.state_dict().items()}
+    loss_before = _noisy_recon_loss(gen, batch, 0.5)
+
+    hist = finetune_decoder(gen, structures * 8, noise_max=0.5, steps=60, batch_size=16,
+                            lr=2e-3, log_every=20, progress=False, augment_data=False)
+
+    assert hist["steps"] == 60 and hist["noise_max"] == 0.5
+    assert all(math.isfinite(v) for v in hist["loss"])
+    # encoder, latents and the diffusion model are untouched
+    for n, p in gen.vae.named_parameters():
+        if n in enc_names:
+            assert torch.equal(p, enc_before[n]), n
+    with torch.no_grad():
+        assert torch.equal(gen.vae.encode(batch)[0], z_before)
+    for k, v in gen.ldm.state_dict().items():
+        assert torch.equal(v, ldm_before[k]), k
+    assert any(not torch.equal(p, q) for p, q in
+               zip(gen.vae.decoder_parameters(), dec_before, strict=True))
+    # and the decoder reconstructs from noised latents better than before
+    assert _noisy_recon_loss(gen, batch, 0.5) < 0.8 * loss_before
+    # requires_grad flags are restored
+    assert all(p.requires_grad for p in gen.vae.parameters())
+
+
+def test_take_decoder_copies_decoder_and_checks_encoder(trained, structures):
+    import copy
+
+    from xtalforge.models.training import finetune_decoder
+
+    base = trained[0]
+    tuned = copy.deepcopy(base)
+    finetune_decoder(tuned, structures * 4, noise_max=0.3, steps=5, batch_size=8, lr=1e-3,
+                     log_every=5, progress=False)
+    target = copy.deepcopy(base)
+    target.take_decoder(tuned)
+    batch = structures_to_batch(structures)
+    with torch.no_grad():
+        z = target.vae.encode(batch)[0]
+        a = target.vae.decode(z, batch.mask).frac_coords
+        b = tuned.vae.decode(z, batch.mask).frac_coords
+        c = base.vae.decode(z, batch.mask).frac_coords
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    other = LatentDiffusionGenerator(GeneratorConfig.tiny())  # another encoder
+    with pytest.raises(ValueError, match="encoder weights differ"):
+        copy.deepcopy(base).take_decoder(other)
+
+
+def test_finetune_decoder_rejects_negative_noise(trained, structures):
+    from xtalforge.models.training import finetune_decoder
+
+    with pytest.raises(ValueError, match="noise_max"):
+        finetune_decoder(trained[0], structures, noise_max=-0.1, steps=1)

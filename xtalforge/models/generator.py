@@ -14,6 +14,7 @@ Public API
     ``embed_structures(structures) -> np.ndarray [n, latent_dim]`` (NaN rows for ``None``);
     ``composition_embeddings(structures) -> np.ndarray``;
     ``reconstruct(structures) -> GenerationResult`` (encode with posterior means, decode);
+    ``take_decoder(other)`` (use another generator's decoder over the same encoder);
     ``fit_num_atoms_distribution(num_atoms)`` / ``sample_num_atoms(n, generator)``;
     ``save(path, inference_only=False) -> sha256 hex`` and
     ``LatentDiffusionGenerator.load(path, map_location)``.
@@ -449,6 +450,31 @@ class LatentDiffusionGenerator(nn.Module):
                 out_s[i], out_r[i] = s[j], r[j]
         counts = np.array([len(s) if s is not None else 0 for s in structures])
         return GenerationResult(out_s, out_r, counts)
+
+    def take_decoder(self, other: LatentDiffusionGenerator) -> None:
+        """Copy the VAE decoder of ``other`` into this generator (the encoder must match).
+
+        For a decoder fine-tuned with :func:`~xtalforge.models.training.finetune_decoder`
+        on a copy of this generator's VAE: the latents (and so this generator's diffusion
+        model) are unchanged, only how they are decoded.
+
+        Raises
+        ------
+        ValueError
+            If the two VAEs have different configurations or encoder weights.
+        """
+        if other.config.vae.to_dict() != self.config.vae.to_dict():
+            raise ValueError("the two generators have different VAE configurations")
+        dec = {id(p) for p in other.vae.decoder_parameters()}
+        mine, theirs = self.vae.state_dict(), other.vae.state_dict()
+        dec_names = {n for n, p in other.vae.named_parameters() if id(p) in dec}
+        for name, value in theirs.items():
+            if name not in dec_names and not torch.equal(mine[name].cpu(), value.cpu()):
+                raise ValueError(f"encoder weights differ ({name}): not the same VAE encoder")
+        with torch.no_grad():
+            for name, p in self.vae.named_parameters():
+                if name in dec_names:
+                    p.copy_(theirs[name].to(p))
 
     # ------------------------------------------------------------------ persistence
     def checkpoint_dict(self, inference_only: bool = False) -> dict:

@@ -336,6 +336,67 @@ class CrystalVAE(nn.Module):
         return self.decode(z, mask).to_batch()
 
     # ------------------------------------------------------------------ objective
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the decoder side only (latent projection, blocks, heads).
+
+        The encoder (species / coordinate / lattice embeddings, encoder blocks, posterior
+        head) is excluded, so training these leaves every latent, and hence a latent
+        diffusion model trained on them, unchanged.
+        """
+        modules = [
+            self.from_latent,
+            self.dec_natoms,
+            self.decoder,
+            self.dec_norm,
+            self.type_head,
+            self.coord_head,
+            self.lattice_head,
+        ]
+        return [p for m in modules for p in m.parameters()]
+
+    def reconstruction_terms(
+        self, out: VAEDecoding, batch: CrystalBatch
+    ) -> dict[str, torch.Tensor]:
+        """Reconstruction terms of the ELBO of a decoding against its target crystals.
+
+        Returns
+        -------
+        dict
+            ``species`` (cross-entropy), ``lengths``, ``angles`` (MSE), ``coords`` (periodic
+            MSE), their weighted sum ``recon`` and the detached diagnostic ``species_acc``.
+        """
+        cfg = self.config
+        m = batch.mask.float()
+        n_valid = m.sum().clamp_min(1.0)
+        ce = F.cross_entropy(
+            out.type_logits.reshape(-1, cfg.num_species),
+            batch.atom_types.reshape(-1),
+            reduction="none",
+        ).view_as(m)
+        species = (ce * m).sum() / n_valid
+        diff = out.frac_coords - batch.frac_coords.float()
+        diff = diff - torch.round(diff)
+        coords = ((diff**2).mean(-1) * m).sum() / n_valid
+        t_len, t_ang = lattice_features(batch)
+        lengths = F.mse_loss(out.log_scaled_lengths, t_len)
+        angles = F.mse_loss(out.angles, t_ang)
+        recon = (
+            cfg.w_species * species
+            + cfg.w_lengths * lengths
+            + cfg.w_angles * angles
+            + cfg.w_coords * coords
+        )
+        with torch.no_grad():
+            acc = ((out.type_logits.argmax(-1) == batch.atom_types).float() * m).sum() / n_valid
+        return {
+            "recon": recon,
+            "species": species,
+            "lengths": lengths,
+            "angles": angles,
+            "coords": coords,
+            "species_acc": acc,
+        }
+
     def loss(
         self,
         batch: CrystalBatch,
@@ -360,46 +421,53 @@ class CrystalVAE(nn.Module):
             ``angles`` (MSE), ``coords`` (periodic MSE), ``kl`` (per atom, summed over latent
             dims), and the detached diagnostic ``species_acc``.
         """
-        cfg = self.config
         mean, logvar = self.encode(batch)
         z = self.reparameterize(mean, logvar, generator) if sample_posterior else mean
-        out = self.decode(z, batch.mask)
-        mask = batch.mask
-        m = mask.float()
-        n_valid = m.sum().clamp_min(1.0)
-
-        ce = F.cross_entropy(
-            out.type_logits.reshape(-1, cfg.num_species),
-            batch.atom_types.reshape(-1),
-            reduction="none",
-        ).view_as(m)
-        species = (ce * m).sum() / n_valid
-        diff = out.frac_coords - batch.frac_coords.float()
-        diff = diff - torch.round(diff)
-        coords = ((diff**2).mean(-1) * m).sum() / n_valid
-        t_len, t_ang = lattice_features(batch)
-        lengths = F.mse_loss(out.log_scaled_lengths, t_len)
-        angles = F.mse_loss(out.angles, t_ang)
+        terms = self.reconstruction_terms(self.decode(z, batch.mask), batch)
+        m = batch.mask.float()
         kl_atom = 0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar).sum(-1)
-        kl = (kl_atom * m).sum() / n_valid
-        loss = (
-            cfg.w_species * species
-            + cfg.w_lengths * lengths
-            + cfg.w_angles * angles
-            + cfg.w_coords * coords
-            + cfg.w_kl * kl
-        )
+        kl = (kl_atom * m).sum() / m.sum().clamp_min(1.0)
+        recon = terms.pop("recon")
+        return {"loss": recon + self.config.w_kl * kl, **terms, "kl": kl}
+
+    def noisy_latent_loss(
+        self,
+        batch: CrystalBatch,
+        noise_scale: torch.Tensor,
+        latent_std: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Reconstruction loss of crystals decoded from noised posterior means.
+
+        The decoder sees ``z = mean + noise_scale * latent_std * eps`` and must still return
+        the clean crystal: this trains it to map latents near (not on) the data manifold, such
+        as a diffusion model's samples, back to plausible crystals. The encoder runs without
+        gradients.
+
+        Parameters
+        ----------
+        batch
+            Target crystals.
+        noise_scale
+            ``[B]`` noise level of each crystal, in units of the latent standard deviation
+            (the normalised space the diffusion model works in).
+        latent_std
+            ``[latent_dim]`` per-dimension standard deviation of the latents.
+        generator
+            Random generator for the noise.
+
+        Returns
+        -------
+        dict
+            ``loss`` (the weighted reconstruction terms) and the terms of
+            :meth:`reconstruction_terms`.
+        """
         with torch.no_grad():
-            acc = ((out.type_logits.argmax(-1) == batch.atom_types).float() * m).sum() / n_valid
-        return {
-            "loss": loss,
-            "species": species,
-            "lengths": lengths,
-            "angles": angles,
-            "coords": coords,
-            "kl": kl,
-            "species_acc": acc,
-        }
+            mean, _ = self.encode(batch)
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device)
+            z = mean + noise_scale.to(mean)[:, None, None] * latent_std.to(mean) * eps
+        terms = self.reconstruction_terms(self.decode(z, batch.mask), batch)
+        return {"loss": terms.pop("recon"), **terms}
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, batch: CrystalBatch) -> torch.Tensor:

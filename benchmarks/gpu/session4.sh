@@ -1,0 +1,77 @@
+#!/bin/bash
+# Issue 5, fourth session: one GPU pipeline, started detached (setsid) by the first device call
+# and followed by benchmarks/gpu/follow.sh in the next calls, so that its stages need not fit
+# the 10-minute limit of one call.
+#
+#   1. VAE (medium, KL 1e-3), 3 min.
+#   2. Side by side on the frozen encoder: the 8 x 384 LDM (bf16, batch 512), and three decoder
+#      fine-tunes on noised latents (noise_max 0, 0.25, 0.5 latent stds; 0 is the control:
+#      the same extra decoder training without noise).
+#   3. Base model screened with each decoder on the same 1,000 sampled latents
+#      (rl_denovo.py --runs "" --compare-decoders): CHGNet, MP-20 formation hull.
+#   4. The decoder with the highest metastable fraction is kept; GRPO de novo, the
+#      no-diversity ablation and the 3 eV band-gap run side by side from that base, each then
+#      screened with the base on 1,000 samples.
+#
+# Carried: out/c5/{whl/, cache/{val,test}.pt, mp20/ (val, test, all formation energies),
+# chgnet_mu.json}. Everything is written under out/dev (kept on the warm machine between calls);
+# out/dev/STAGE names the stage running. Numbers: benchmarks/RESULTS.md.
+# Knobs (environment): VAE_MIN, LDM_MIN, DEC_MIN, RLS (RL seconds per run), LR, SCLIP.
+set -o pipefail
+T0=$(date +%s)
+D=out/dev
+mkdir -p $D
+stage() { echo "$1" > $D/STAGE; echo "== $1 at $(( $(date +%s) - T0 ))s"; }
+stage install
+rm -rf $D/code && mkdir -p $D/code && cp -r xtalforge benchmarks $D/code/  # immune to re-syncs
+[ -d $D/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --target $D/site out/c5/whl/*.whl || { stage failed-install; exit 11; }
+export PYTHONPATH=$PWD/$D/site:$PWD/$D/code PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c "import xtalforge, chgnet, pymatgen, smact, amd; print('imports ok')" || { stage failed-imports; exit 12; }
+TM="python3 $D/code/benchmarks/train_mp20.py --train out/c5/cache/val.pt --test out/c5/cache/test2k.pt --device cuda --tf32 --workers 4 --log-every 2000"
+
+stage vae
+$TM --preset medium --vae-hidden 256 --vae-layers 4 --kl-weight 1e-3 --vae-lr 5e-4 --warmup 200 \
+  --schedule cosine --vae-minutes ${VAE_MIN:-3} --ldm-steps 0 --no-sample --out-dir $D/vae > $D/vae.log 2>&1 \
+  || { stage failed-vae; exit 13; }
+
+stage ldm+decoders
+$TM --checkpoint $D/vae/generator.pt --vae-steps 0 --new-ldm --dit-depth 8 --dit-hidden 384 --dit-heads 6 \
+  --ema-decay 0.999 --batch-size 512 --dtype bf16 --ldm-lr 3e-4 --warmup 500 --schedule cosine \
+  --ldm-steps 1000000 --ldm-minutes ${LDM_MIN:-6} --n-samples 1000 --eta 1.0 --recon-noise 0 \
+  --inference-only-checkpoint --out-dir $D/ldm > $D/ldm.log 2>&1 &
+P_LDM=$!
+for NZ in 0 0.25 0.5; do
+  $TM --checkpoint $D/vae/generator.pt --vae-steps 0 --ldm-steps 0 --decoder-noise $NZ \
+    --decoder-minutes ${DEC_MIN:-4} --decoder-lr 2e-4 --schedule cosine --no-sample \
+    --recon-noise 0,0.1,0.25,0.5 --out-dir $D/dec$NZ > $D/dec$NZ.log 2>&1 &
+done
+wait $P_LDM || { stage failed-ldm; exit 14; }
+wait
+
+RD="python3 $D/code/benchmarks/rl_denovo.py --data-dir out/c5/mp20 --cache-dir out/c5/cache --mu-file out/c5/chgnet_mu.json --device cuda --workers 4 --n-samples 1000"
+stage compare-decoders
+$RD --checkpoint $D/ldm/generator.pt --runs "" --n-jobs 12 \
+  --compare-decoders $D/dec0/generator.pt,$D/dec0.25/generator.pt,$D/dec0.5/generator.pt \
+  --out-dir $D/cmp > $D/cmp.log 2>&1 || { stage failed-compare; exit 15; }
+BEST=$(python3 - <<'PY'
+import json
+rows = json.load(open("out/dev/cmp/results.json"))["rows"]
+best = max(rows, key=lambda r: (r.get("metastability") or 0.0, r.get("mSUN") or 0.0))
+print(best["model"].split("+")[1] if "+" in best["model"] else "")
+PY
+)
+echo "best decoder: ${BEST:-original}"
+DEC=""; [ -n "$BEST" ] && DEC="--decoder-from $D/${BEST}/generator.pt"
+echo "$DEC" > $D/best_decoder
+
+stage rl
+for RUN in dng dng_no_diversity bandgap; do
+  mkdir -p $D/rl_$RUN
+  $RD --checkpoint $D/ldm/generator.pt $DEC --runs $RUN --n-jobs 5 --rl-seconds ${RLS:-300} \
+    --rl-steps 1000 --group-size 32 --num-conditions 4 --lr ${LR:-2e-5} --stability-clip ${SCLIP:-5} \
+    --max-kl 1.0 --surrogate-epochs 60 --save-checkpoints --out-dir $D/rl_$RUN > $D/rl_$RUN/log.txt 2>&1 &
+done
+wait
+stage done
+echo "== total $(( $(date +%s) - T0 ))s"
