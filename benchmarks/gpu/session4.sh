@@ -32,18 +32,22 @@ TM="python3 $D/code/benchmarks/train_mp20.py --train out/c5/cache/val.pt --test 
 
 stage vae
 $TM --preset medium --vae-hidden 256 --vae-layers 4 --kl-weight 1e-3 --vae-lr 5e-4 --warmup 200 \
-  --schedule cosine --vae-minutes ${VAE_MIN:-3} --ldm-steps 0 --no-sample --out-dir $D/vae > $D/vae.log 2>&1 \
+  --schedule cosine --vae-minutes ${VAE_MIN:-3} --ldm-steps 0 --no-sample --recon-noise 0 --out-dir $D/vae > $D/vae.log 2>&1 \
   || { stage failed-vae; exit 13; }
+python3 -c "
+import json, sys
+r = json.load(open('$D/vae/metrics.json'))['reconstruction']['match_rate']
+print('VAE reconstruction', r); sys.exit(0 if r > 0.3 else 1)" || { stage failed-vae-quality; exit 16; }
 
 stage ldm+decoders
 $TM --checkpoint $D/vae/generator.pt --vae-steps 0 --new-ldm --dit-depth 8 --dit-hidden 384 --dit-heads 6 \
   --ema-decay 0.999 --batch-size 512 --dtype bf16 --ldm-lr 3e-4 --warmup 500 --schedule cosine \
-  --ldm-steps 1000000 --ldm-minutes ${LDM_MIN:-6} --n-samples 1000 --eta 1.0 --recon-noise 0 \
+  --ldm-steps 1000000 --ldm-minutes ${LDM_MIN:-5} --n-samples 1000 --eta 1.0 --recon-noise 0 \
   --inference-only-checkpoint --out-dir $D/ldm > $D/ldm.log 2>&1 &
 P_LDM=$!
 for NZ in 0 0.25 0.5; do
   $TM --checkpoint $D/vae/generator.pt --vae-steps 0 --ldm-steps 0 --decoder-noise $NZ \
-    --decoder-minutes ${DEC_MIN:-4} --decoder-lr 2e-4 --schedule cosine --no-sample \
+    --decoder-minutes ${DEC_MIN:-3} --decoder-lr 2e-4 --schedule cosine --no-sample \
     --recon-noise 0,0.1,0.25,0.5 --out-dir $D/dec$NZ > $D/dec$NZ.log 2>&1 &
 done
 wait $P_LDM || { stage failed-ldm; exit 14; }
@@ -51,7 +55,7 @@ wait
 
 RD="python3 $D/code/benchmarks/rl_denovo.py --data-dir out/c5/mp20 --cache-dir out/c5/cache --mu-file out/c5/chgnet_mu.json --device cuda --workers 4 --n-samples 1000"
 stage compare-decoders
-$RD --checkpoint $D/ldm/generator.pt --runs "" --n-jobs 12 \
+$RD --checkpoint $D/ldm/generator.pt --runs "" --n-jobs 12 --n-samples ${CMP_N:-600} \
   --compare-decoders $D/dec0/generator.pt,$D/dec0.25/generator.pt,$D/dec0.5/generator.pt \
   --out-dir $D/cmp > $D/cmp.log 2>&1 || { stage failed-compare; exit 15; }
 BEST=$(python3 - <<'PY'
@@ -68,7 +72,7 @@ echo "$DEC" > $D/best_decoder
 stage rl
 for RUN in dng dng_no_diversity bandgap; do
   mkdir -p $D/rl_$RUN
-  $RD --checkpoint $D/ldm/generator.pt $DEC --runs $RUN --n-jobs 5 --rl-seconds ${RLS:-300} \
+  $RD --checkpoint $D/ldm/generator.pt $DEC --runs $RUN --n-jobs 5 --rl-seconds ${RLS:-240} \
     --rl-steps 1000 --group-size 32 --num-conditions 4 --lr ${LR:-2e-5} --stability-clip ${SCLIP:-5} \
     --max-kl 1.0 --surrogate-epochs 60 --save-checkpoints --out-dir $D/rl_$RUN > $D/rl_$RUN/log.txt 2>&1 &
 done

@@ -258,6 +258,13 @@ class CrystalVAE(nn.Module):
         self.type_head = nn.Linear(h, config.num_species)
         self.coord_head = nn.Linear(h, 3)
         self.lattice_head = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 6))
+        # Embedding tables start at N(0, 0.02^2) as in standard transformer init: torch's
+        # N(0, 1) default makes the species embedding swamp the coordinate features in the
+        # residual stream, and a wide VAE then learns positions only after a long plateau.
+        for emb in (self.type_embedding, self.enc_natoms, self.dec_natoms):
+            nn.init.normal_(emb.weight, std=0.02)
+        with torch.no_grad():
+            self.type_embedding.weight[0].zero_()
 
     # ------------------------------------------------------------------ encoder
     def encode(self, batch: CrystalBatch) -> tuple[torch.Tensor, torch.Tensor]:
