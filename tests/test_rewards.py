@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import warnings
@@ -14,6 +15,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from pymatgen.core import Lattice, Structure
 
 from xtalforge.models.generator import GeneratorConfig, LatentDiffusionGenerator
+from xtalforge.models.training import train_vae
 from xtalforge.rewards import (
     CompositeReward,
     RewardComponent,
@@ -203,8 +205,19 @@ def test_diversity_rewards_redundancy_and_coverage():
     assert raw[4] > raw[0] and np.allclose(raw[:4], raw[0])
     # no embedding: documented failure value "min" = the batch minimum
     assert n_failed == 1 and raw[5] == pytest.approx(raw[:5].min())
-    full = unbiased_mmd2(gen[:5], ref)
-    assert raw[4] == pytest.approx(unbiased_mmd2(gen[:4], ref) - full)
+    # embeddings are standardised by the reference RMS entry before the kernel
+    sc = np.sqrt(np.mean(ref**2))
+    full = unbiased_mmd2(gen[:5] / sc, ref / sc)
+    assert raw[4] == pytest.approx(unbiased_mmd2(gen[:4] / sc, ref / sc) - full)
+    # ... so the reward does not depend on the scale of the embeddings
+    res_small = RewardResources(reference_composition_embeddings=0.01 * ref)
+    ctx_small = RewardContext([rocksalt()] * 5 + [None], res_small)
+    ctx_small.metrics["composition_embedding"] = 0.01 * gen
+    small, _ = CompositionDiversityReward(normalize=None).values(ctx_small)
+    np.testing.assert_allclose(small, raw, rtol=1e-9)
+    # standardize=False: the raw kernel
+    raw_off, _ = CompositionDiversityReward(normalize=None, standardize=False).values(ctx)
+    assert raw_off[4] == pytest.approx(unbiased_mmd2(gen[:4], ref) - unbiased_mmd2(gen[:5], ref))
 
 
 def test_diversity_with_generator_embeddings(tiny_generator):
@@ -253,6 +266,11 @@ def test_surrogate_trains_and_round_trips(tiny_generator, tmp_path):
                                    ["F", "Cl", "Br", "I", "O", "S"]))
     structs = [rocksalt(a, b, 5.5) for a, b in pairs]
     y = [0.05 * Element(a).Z + 0.02 * Element(b).Z for a, b in pairs]  # species-determined
+    # a surrogate sits on a trained VAE's latents: train the tiny one briefly on these crystals
+    tiny_generator = copy.deepcopy(tiny_generator)
+    torch.manual_seed(0)
+    train_vae(tiny_generator, structs, steps=300, batch_size=16, lr=3e-3, log_every=50,
+              progress=False)
     model, hist = train_surrogate(tiny_generator, structs, y, epochs=40, batch_size=8,
                                   lr=3e-3, val_fraction=0.2, seed=0)
     assert hist["n_train"] == 48 and hist["n_val"] == 12

@@ -143,8 +143,10 @@ def test_ratio_is_exactly_one_before_the_first_update():
         assert torch.equal(again, traj.log_probs)
     adv = np.linspace(-1, 1, 8)
     stats = tr.update(ro, adv)
-    assert stats["ratio_absdev_max_first_batch"] == 0.0
-    assert stats["clip_frac"] == 0.0 and stats["ratio_mean"] == 1.0
+    # the update recomputes all steps of a group in one stacked denoiser pass: the same values
+    # up to float32 rounding (the step-by-step recomputation above is bit-identical)
+    assert stats["ratio_absdev_max_first_batch"] < 1e-6
+    assert stats["clip_frac"] == 0.0 and stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_update_raises_log_prob_of_best_trajectory():
@@ -174,7 +176,7 @@ def test_grpo_steps_curves_kl_and_reference():
     for key in ("reward/test_volume", "reward_total", "kl", "adv_var", "clip_frac",
                 "ratio_mean", "val_nll", "wall_time_s", "entropy", "frac_decoded"):
         assert all(math.isfinite(r[key]) for r in curves), key
-    assert curves[0]["ratio_absdev_max_first_batch"] == 0.0
+    assert curves[0]["ratio_absdev_max_first_batch"] < 1e-6  # float32 rounding of the stacked pass
     assert curves[0]["num_optimizer_steps"] == 2.0  # 2 inner batches
     assert all(r["kl"] >= 0 for r in curves) and curves[-1]["kl"] > 0
     assert curves[0]["adv_var"] == pytest.approx(1.0, rel=1e-6)
@@ -245,7 +247,7 @@ def test_non_finite_update_is_not_applied_and_stops():
 def test_max_kl_stops_training():
     gen = _tiny_generator(6)
     tr = GRPOTrainer(gen, build_reward([{"name": "test_volume"}]), RewardResources(),
-                     _config(max_kl=1e-12, lr=1e-2))
+                     _config(max_kl=1e-12, lr=1e-3))
     curves = tr.train(5, progress=False)
     assert len(curves) == 1 and curves[0]["kl"] > 1e-12
     assert tr.stopped and "max_kl" in tr.stop_reason

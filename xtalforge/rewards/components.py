@@ -105,6 +105,11 @@ class _DiversityReward(RewardComponent):
     ``r_i = MMD^2(X \\ {x_i}, Y) - MMD^2(X, Y)`` over the whole batch ``X`` of valid
     generated embeddings against the reference embeddings ``Y`` (subsampled to
     ``max_reference`` rows with a fixed seed); kernel ``(x.y / d + 1)^3``.
+
+    With ``standardize`` (default) both sets are first divided by the reference set's RMS
+    entry ``sqrt(mean(Y^2))``, so that ``x.y / d`` is of order one whatever the scale of the
+    VAE's embeddings: the polynomial kernel with ``c = 1`` is otherwise nearly linear for
+    small embeddings (the MMD then compares little more than the means).
     """
 
     embedding: str = ""
@@ -112,13 +117,15 @@ class _DiversityReward(RewardComponent):
     default_failure_value = "min"
 
     def __init__(self, degree: int = 3, c: float = 1.0, max_reference: int = 20000,
-                 seed: int = 0, **kw: Any) -> None:
+                 seed: int = 0, standardize: bool = True, **kw: Any) -> None:
         super().__init__(**kw)
         self.degree, self.c, self.max_reference, self.seed = int(degree), float(c), \
             int(max_reference), int(seed)
+        self.standardize = bool(standardize)
         self._kwargs = {"degree": self.degree, "c": self.c,
-                        "max_reference": self.max_reference, "seed": self.seed}
-        self._ref_cache: tuple[int, np.ndarray] | None = None
+                        "max_reference": self.max_reference, "seed": self.seed,
+                        "standardize": self.standardize}
+        self._ref_cache: tuple[int, np.ndarray, float] | None = None
 
     @property
     def required_metrics(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -136,7 +143,9 @@ class _DiversityReward(RewardComponent):
             if len(ref) > self.max_reference:
                 rng = np.random.default_rng(self.seed)
                 ref = ref[np.sort(rng.choice(len(ref), self.max_reference, replace=False))]
-            self._ref_cache = (key, ref)
+            scale = float(np.sqrt(np.mean(ref**2))) if self.standardize and ref.size else 1.0
+            scale = scale if scale > 0 else 1.0
+            self._ref_cache = (key, ref / scale, scale)
         return self._ref_cache[1]
 
     def compute(self, ctx: RewardContext) -> np.ndarray:
@@ -145,7 +154,8 @@ class _DiversityReward(RewardComponent):
         ok = np.all(np.isfinite(x), axis=1)
         out = np.full(len(x), np.nan)
         if ok.sum() >= 3:
-            out[ok] = mmd_loo_utilities(x[ok], self._reference(ctx), self.degree, self.c)
+            ref = self._reference(ctx)
+            out[ok] = mmd_loo_utilities(x[ok] / self._ref_cache[2], ref, self.degree, self.c)
         return out
 
 
