@@ -67,6 +67,12 @@ def _index_stream(
             step += 1
 
 
+def _restore_requires_grad(module: torch.nn.Module, flags: list[bool]) -> None:
+    """Set back the ``requires_grad`` flags recorded as ``[p.requires_grad for p in ...]``."""
+    for p, flag in zip(module.parameters(), flags, strict=True):
+        p.requires_grad_(flag)
+
+
 def _resolve_steps(n: int, batch_size: int, steps: int | None, epochs: float | None) -> int:
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps or epochs")
@@ -403,8 +409,7 @@ def train_ldm(
             max_time_s=max_time_s,
         )
     finally:
-        for p, flag in zip(vae.parameters(), vae_flags, strict=True):
-            p.requires_grad_(flag)
+        _restore_requires_grad(vae, vae_flags)
     ldm.eval()
     return hist
 
@@ -516,8 +521,7 @@ def finetune_decoder(
             max_time_s=max_time_s,
         )
     finally:
-        for p, flag in zip(vae.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
+        _restore_requires_grad(vae, flags)
     vae.eval()
     hist["noise_max"] = float(noise_max)
     return hist
