@@ -167,7 +167,7 @@ def evaluate(label, gen, args, res, device, surrogate=None) -> dict:
         row["gap_frac_2.7_3.3"] = float(((g >= 2.7) & (g <= 3.3) & fin).sum() / len(g))
         row["gap_mean"] = float(np.nanmean(g))
         row["gap_median"] = float(np.nanmedian(g))
-    if args.screen and label.split("+")[0] in args.screen_models:
+    if args.screen and label.split("+")[0].split("@")[0] in args.screen_models:
         from xtalforge.rewards.base import GuardedEnergyModel
 
         records, summary = screen_structures(
@@ -237,7 +237,7 @@ def run_rl(name, preset, base, args, res, device, val_latents) -> tuple:
         patience=args.patience, sampling_steps=args.sampling_steps, eta=1.0,
         dtype=args.dtype, seed=args.seed, val_every=args.val_every, max_kl=args.max_kl,
         select_by=args.select_by, eval_every=args.eval_every, eval_samples=args.eval_samples)
-    reward = build_reward(preset)
+    reward = build_reward(preset, normalize_scope=args.normalize_scope)
     for c in reward.components:
         if c.name == "stability" and args.stability_clip != 1.0:
             c.clip, c.failure_value = args.stability_clip, -args.stability_clip
@@ -294,6 +294,11 @@ def main() -> None:
     ap.add_argument("--runs", default="dng,dng_no_diversity,bandgap")
     ap.add_argument("--algorithm", default="grpo", choices=["grpo", "reinforce"])
     ap.add_argument("--reference", default="pretrained", choices=["pretrained", "rollout"])
+    ap.add_argument("--tag", default="",
+                    help="suffix of the fine-tuned rows' labels (e.g. '@pretrained-ref'), so that "
+                         "runs of one preset with different settings stay apart")
+    ap.add_argument("--normalize-scope", default=None, choices=["batch", "group"],
+                    help="min-max scope of the reward components (default: the preset's, batch)")
     ap.add_argument("--rl-steps", type=int, default=None)
     ap.add_argument("--rl-seconds", type=float, default=None, help="wall budget per RL run")
     ap.add_argument("--group-size", type=int, default=None)
@@ -318,6 +323,8 @@ def main() -> None:
     ap.add_argument("--eval-eta", type=float, default=1.0)
     ap.add_argument("--eval-seed", type=int, default=12345)
     ap.add_argument("--no-screen", dest="screen", action="store_false")
+    ap.add_argument("--skip-base", action="store_true",
+                    help="do not evaluate the base model (another process of the same sweep does)")
     ap.add_argument("--screen-models", default="base,dng,dng_no_diversity,bandgap")
     ap.add_argument("--surrogate-epochs", type=int, default=None)
     ap.add_argument("--surrogate", type=Path, default=None,
@@ -442,7 +449,7 @@ def main() -> None:
                "hull": hull.convention,
                "chemical_potentials_source": mu_src, "surrogate": sur_info, "rows": [],
                "runs": []}
-    rows = [evaluate("base", base, args, res, device, surrogate)]
+    rows = [] if args.skip_base else [evaluate("base", base, args, res, device, surrogate)]
     for path in [p for p in args.compare_decoders.split(",") if p]:
         alt = copy.deepcopy(base)
         alt.take_decoder(LatentDiffusionGenerator.load(path, map_location=device))
@@ -453,12 +460,13 @@ def main() -> None:
     results["rows"] = rows
     (args.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     for name in [r for r in args.runs.split(",") if r]:  # --runs "" evaluates the base only
-        gen, info = run_rl(name, name, base, args, res, device, val_latents)
+        label = f"{name}{args.tag}"
+        gen, info = run_rl(label, name, base, args, res, device, val_latents)
         if args.save_checkpoints:
             info["checkpoint_sha256"] = gen.save(args.out_dir / f"{name}.pt", inference_only=True)
         results["runs"].append(info)
         (args.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-        rows.append(evaluate(name, gen, args, res, device, surrogate))
+        rows.append(evaluate(label, gen, args, res, device, surrogate))
         print_table(rows)
         results["rows"] = rows
         (args.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -480,11 +488,11 @@ def main() -> None:
                   f"; kl {c[-1]['kl']:.3g}; val_nll {info['val_nll_start']} -> "
                   f"{c[-1].get('val_nll')}; reference {info['describe']['reference']}")
     by = {r["model"]: r for r in rows}
-    if "dng" in by and "dng_no_diversity" in by:
+    if {"base", "dng", "dng_no_diversity"} <= set(by):
         print(f"ablation (same budget): distinct reduced formulas among {args.n_samples} samples: "
               f"base {by['base']['n_distinct_formulas']}, dng {by['dng']['n_distinct_formulas']}, "
               f"no diversity {by['dng_no_diversity']['n_distinct_formulas']}")
-    if "bandgap" in by and "gap_frac_2.7_3.3" in by["base"]:
+    if "bandgap" in by and "gap_frac_2.7_3.3" in by.get("base", {}):
         print(f"band gap (surrogate-predicted) within 2.7-3.3 eV: base "
               f"{100 * by['base']['gap_frac_2.7_3.3']:.1f}% -> bandgap RL "
               f"{100 * by['bandgap']['gap_frac_2.7_3.3']:.1f}% (mean "

@@ -102,6 +102,16 @@ def test_chgnet_energies_and_failures(chgnet):
     res_b = batched.predict([si, isolated, rocksalt()], batch_size=8)
     assert res_b[0].ok and res_b[2].ok and not res_b[1].ok
     assert res_b[0].energy == pytest.approx(res[0].energy, abs=2e-4)
+    # forces are energy gradients: a caller inside torch.no_grad() (the RL evaluation) still
+    # gets them, in both modes
+    import torch
+
+    with torch.no_grad():
+        ng = chgnet.predict([si, rocksalt()], compute_stress=True)
+        ng_b = batched.predict([si, rocksalt()], batch_size=8)
+    assert all(r.ok for r in ng + ng_b), [r.error for r in ng + ng_b]
+    assert ng[0].energy == pytest.approx(res[0].energy, abs=1e-6)
+    assert ng_b[1].energy == pytest.approx(res[3].energy, abs=2e-4)
 
 
 def test_ase_registry_nan_and_unsupported():

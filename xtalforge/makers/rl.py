@@ -84,7 +84,8 @@ class RLFineTuneMaker(Maker):
         Reward preset (``"dng"``, ``"dng_no_diversity"``, ``"bandgap"``, ``"dielectric"``) or
         a list of component dicts (see :func:`xtalforge.rewards.build_reward`).
     normalize_scope
-        Min-max normalisation of each component per ``"group"`` or per ``"batch"``.
+        Min-max normalisation of each component over the whole ``"batch"`` of a step
+        (default, Chemeleon2's code) or per ``"group"``.
     algorithm
         ``"grpo"`` or ``"reinforce"`` (ablation: batch-normalised advantages).
     reference
@@ -120,7 +121,7 @@ class RLFineTuneMaker(Maker):
 
     name: str = "rl fine-tune"
     reward: str | list = "dng"
-    normalize_scope: str = "group"
+    normalize_scope: str = "batch"
     algorithm: str = "grpo"
     reference: str = "pretrained"
     steps: int = 1000

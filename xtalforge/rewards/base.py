@@ -42,8 +42,10 @@ Normalisation and failures
 replaced by the component's documented ``failure_value`` (a number, or ``"min"``: the lowest
 finite value of the batch, 0 when none). The filled values are then min-max scaled to [0, 1]
 (``normalize="minmax"``, the seed paper's choice; ``"std"`` z-scores; ``None`` keeps raw
-values) within each group of rollouts that share a condition (``normalize_scope="group"``,
-Chemeleon2's code) or over the whole batch (``"batch"``). A constant block scales to 0.
+values) over the whole batch of rollouts (``normalize_scope="batch"``, the default: Chemeleon2's
+released code scales each component over all C x G rollouts of a step, and only the *total*
+reward is standardised per group, in the GRPO advantage) or within each group of rollouts that
+share a condition (``"group"``). A constant block scales to 0.
 """
 
 from __future__ import annotations
@@ -749,11 +751,12 @@ class CompositeReward:
     components
         :class:`RewardComponent` instances (labels must be distinct).
     normalize_scope
-        ``"group"`` (min-max within rollouts sharing a condition; the whole batch when no
-        groups are given) or ``"batch"``.
+        ``"batch"`` (default, Chemeleon2's code: each component scaled over all rollouts of a
+        step) or ``"group"`` (within rollouts sharing a condition; the whole batch when no
+        groups are given).
     """
 
-    def __init__(self, components: Sequence[RewardComponent], normalize_scope: str = "group"
+    def __init__(self, components: Sequence[RewardComponent], normalize_scope: str = "batch"
                  ) -> None:
         if not components:
             raise ValueError("a reward needs at least one component")
@@ -895,7 +898,7 @@ def build_reward(spec: str | Sequence[Mapping[str, Any] | RewardComponent] | Map
         if normalize_scope:
             spec.normalize_scope = normalize_scope
         return spec
-    scope = "group"
+    scope = "batch"
     if isinstance(spec, str):
         if spec not in REWARD_PRESETS:
             raise KeyError(f"unknown reward preset {spec!r}; presets: {sorted(REWARD_PRESETS)}")

@@ -22,7 +22,10 @@ Components (raw value; failure value, documented):
 Presets (:data:`REWARD_PRESETS`): ``"dng"`` (seed 000 de novo weights: creativity 1, stability
 1, compositional diversity 1, structural diversity 0.1), ``"dng_no_diversity"`` (the Fig. 2c
 ablation: creativity 1, stability 1), ``"bandgap"`` (Note S1: band gap target 3 eV weight 1,
-compositional diversity 0.5) and ``"dielectric"`` (seed 001: ``eps_elec * E_g``).
+compositional diversity 0.5) and ``"dielectric"`` (seed 001: ``eps_elec * E_g``). In the de
+novo presets creativity is left un-normalised, as in Chemeleon2's released ``rl_dng`` config:
+it already lies in [0, 1], and min-max scaling would stretch a batch whose creativities are 1
+and 0.97 (one near-duplicate by AMD) into 1 and 0, a full-range signal from a tiny difference.
 """
 
 from __future__ import annotations
@@ -263,13 +266,13 @@ class DielectricFoMReward(RewardComponent):
 #: Named reward configurations (lists of component dicts for :func:`build_reward`).
 REWARD_PRESETS: dict[str, list[dict[str, Any]]] = {
     "dng": [
-        {"name": "creativity", "weight": 1.0},
+        {"name": "creativity", "weight": 1.0, "normalize": None},
         {"name": "stability", "weight": 1.0},
         {"name": "composition_diversity", "weight": 1.0},
         {"name": "structure_diversity", "weight": 0.1},
     ],
     "dng_no_diversity": [
-        {"name": "creativity", "weight": 1.0},
+        {"name": "creativity", "weight": 1.0, "normalize": None},
         {"name": "stability", "weight": 1.0},
     ],
     "bandgap": [

@@ -14,8 +14,9 @@ One training step
    distribution; ``group_size`` (G) trajectories are sampled per count with the *trainable*
    denoiser (one ``sample`` call per group, so the recomputed log-probabilities reproduce the
    recorded ones bit for bit and the first ratio is exactly 1).
-2. **Rewards** for the C x G decoded crystals; components are min-max normalised per group
-   (or per batch) and summed with their weights.
+2. **Rewards** for the C x G decoded crystals; components are min-max normalised over the
+   batch (or per group; :class:`~xtalforge.rewards.CompositeReward`) and summed with their
+   weights.
 3. **Advantages.** GRPO: ``A_i = (r_i - mean_group) / (std_group + eps)`` within each group
    (0 for a constant group); REINFORCE (``algorithm="reinforce"``): the same over the whole
    batch. ``A_i`` is shared by every step of trajectory ``i``.

@@ -41,6 +41,7 @@ caller's default dtype.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import logging
@@ -84,6 +85,31 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # results
 # --------------------------------------------------------------------------------------
+def _autograd_enabled() -> contextlib.AbstractContextManager:
+    """``torch.enable_grad()`` (a null context without torch)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - every packaged model needs torch
+        return contextlib.nullcontext()
+    return torch.enable_grad()
+
+
+def _with_autograd(fn: Any) -> Any:
+    """Run ``fn`` with autograd on.
+
+    The MLIPs take forces and stresses as energy gradients, so a caller inside
+    ``torch.no_grad()`` (an RL evaluation, say) would otherwise fail every structure with
+    "element 0 of tensors does not require grad".
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _autograd_enabled():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @dataclass
 class EnergyResult:
     """Single-point result for one structure.
@@ -362,6 +388,7 @@ class EnergyModel(ABC):
                 return f"unsupported element(s) for {self.name}: {names}"
         return None
 
+    @_with_autograd
     def predict(
         self,
         structures: Sequence[Any],
@@ -432,6 +459,7 @@ class EnergyModel(ABC):
             return [self._predict_isolating([s], compute_forces, compute_stress)[0]
                     for s in structures]
 
+    @_with_autograd
     def relax(
         self,
         structures: Sequence[Any],
@@ -682,6 +710,7 @@ class MACEEnergyModel(EnergyModel):
             results.append(_finalize(float(energy[g]), n, f, s, self.force_threshold))
         return results
 
+    @_with_autograd
     def predict(
         self,
         structures: Sequence[Any],
