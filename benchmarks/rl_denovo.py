@@ -242,6 +242,8 @@ def run_rl(name, preset, base, args, res, device, val_latents) -> tuple:
         if c.name == "stability" and args.stability_clip != 1.0:
             c.clip, c.failure_value = args.stability_clip, -args.stability_clip
             c._kwargs["clip"] = args.stability_clip
+        if c.name.endswith("_diversity"):
+            c.weight *= args.diversity_scale
     tr = GRPOTrainer(gen, reward, res, cfg, device=device, val_latents=val_latents)
     t0 = time.perf_counter()
     if args.val_every:
@@ -338,6 +340,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--mu-file", type=Path, default=None,
                     help="precomputed CHGNet chemical potentials (chgnet_mu.json) to reuse")
+    ap.add_argument("--diversity-scale", type=float, default=1.0,
+                    help="multiplies the weights of the diversity components (paper: 1)")
     ap.add_argument("--stability-clip", type=float, default=1.0,
                     help="clip of the stability reward -clip(E_hull, 0, c) (paper: 1 eV/atom)")
     args = ap.parse_args()

@@ -13,7 +13,7 @@ done
 echo "stage: $(cat $D/STAGE 2>/dev/null) after $(( $(date +%s) - T0 ))s of following"
 grep "^== " $D/pipeline.log
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
-for R in r_dng r_nodiv r_dng_pre; do
+for R in r_dng r_nodiv r_dng_pre r_div02 r_clip3; do
   L=$D/$R/log.txt
   [ -f $L ] && { echo "--- $R"; grep "^\[" $L | awk 'NR%10==1' | cut -c1-300; grep "^\[" $L | tail -2 | cut -c1-600; grep -vE "^\[|CHGNet v0" $L | grep -E "eval |model |^base|^dng|kept|stop|Error|error" | tail -8 | cut -c1-900; }
 done
