@@ -2,16 +2,8 @@
 # Follow the detached pipeline of benchmarks/gpu/session4.sh for up to $1 seconds (default 560),
 # then copy its logs and results to $OUT (the device tool's return folder).
 LIMIT=${1:-560}
-D=out/dev
-T0=$(date +%s)
-while [ $(( $(date +%s) - T0 )) -lt "$LIMIT" ]; do
-  S=$(cat $D/STAGE 2>/dev/null)
-  case "$S" in done|failed*) break;; esac
-  sleep 10
-done
-echo "stage: $(cat $D/STAGE 2>/dev/null) after $(( $(date +%s) - T0 ))s of following"
-grep "^== " $D/pipeline.log
-nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
+source benchmarks/gpu/lib.sh
+wait_stage "$LIMIT"
 for f in vae ldm dec0 dec0.25 dec0.5; do
   [ -f $D/$f.log ] && { echo "--- $f"; grep -E "step [0-9]+/|time budget|reconstruction|noise|sampling \{" $D/$f.log | tail -4 | cut -c1-600; }
 done

@@ -3,16 +3,8 @@
 # then copy its logs and results to $OUT (the device tool's return folder); once it is done, the
 # best de novo policy too (fp16, in 16 MB parts: cat best_fp16.pt.part* > best_fp16.pt).
 LIMIT=${1:-560}
-D=out/dev
-T0=$(date +%s)
-while [ $(( $(date +%s) - T0 )) -lt "$LIMIT" ]; do
-  S=$(cat $D/STAGE 2>/dev/null)
-  case "$S" in done|failed*) break;; esac
-  sleep 10
-done
-echo "stage: $(cat $D/STAGE 2>/dev/null) after $(( $(date +%s) - T0 ))s of following"
-grep "^== " $D/pipeline.log
-nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
+source benchmarks/gpu/lib.sh
+wait_stage "$LIMIT"
 for R in r_dng r_nodiv r_dng_pre r_div02 r_clip3; do
   L=$D/$R/log.txt
   [ -f $L ] && { echo "--- $R"; grep "^\[" $L | awk 'NR%10==1' | cut -c1-300; grep "^\[" $L | tail -2 | cut -c1-600; grep -vE "^\[|CHGNet v0" $L | grep -E "eval |model |^base|^dng|kept|stop|Error|error" | tail -8 | cut -c1-900; }

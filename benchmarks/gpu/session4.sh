@@ -18,21 +18,9 @@
 # out/dev/STAGE names the stage running. Numbers: benchmarks/RESULTS.md.
 # Knobs (environment): VAE_MIN, LDM_MIN, DEC_MIN, RLS (RL seconds per run), LR, SCLIP.
 set -o pipefail
-T0=$(date +%s)
-D=out/dev
-mkdir -p $D
-stage() { echo "$1" > $D/STAGE; echo "== $1 at $(( $(date +%s) - T0 ))s"; }
+source benchmarks/gpu/lib.sh
 stage install
-rm -rf $D/code && mkdir -p $D/code && cp -r xtalforge benchmarks $D/code/  # immune to re-syncs
-[ -d $D/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --target $D/site out/c5/whl/*.whl || { stage failed-install; exit 11; }
-export PYTHONPATH=$PWD/$D/site:$PWD/$D/code PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-# Two modules the image lacks and gpu_wheels.sh does not collect: chgnet imports nvidia_smi
-# (the image has its successor pynvml), pymatgen.analysis.phase_diagram imports plotly at
-# module level (only its plotting uses it).
-python3 -c "import nvidia_smi" 2>/dev/null || echo 'from pynvml import *  # noqa' > $D/site/nvidia_smi.py
-python3 -c "import plotly" 2>/dev/null || { mkdir -p $D/site/plotly; touch $D/site/plotly/__init__.py $D/site/plotly/graph_objects.py; }
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -c "import xtalforge, chgnet.model, pymatgen.analysis.phase_diagram, smact, amd; print('imports ok')" || { stage failed-imports; exit 12; }
+install_site
 TM="python3 $D/code/benchmarks/train_mp20.py --train out/c5/cache/val.pt --test out/c5/cache/test2k.pt --device cuda --tf32 --workers 4 --log-every 2000"
 
 stage vae
