@@ -365,6 +365,21 @@ def test_registry_paths_and_entry_points(monkeypatch):
         "structure_diversity": 0.1}
     assert set(dng.required_metrics) == {"unique", "novel", "min_amd_distance", "e_above_hull",
                                          "composition_embedding", "structure_embedding"}
+    # Chemeleon2's released code: components scaled over the whole batch, creativity left raw
+    assert dng.normalize_scope == "batch"
+    assert {c.label: c.normalize for c in dng.components}["creativity"] is None
+
+
+def test_normalize_scope_batch_vs_group():
+    structs = [rocksalt(lat=a) for a in (5.0, 6.0, 7.0, 8.0)]
+    groups = np.array([0, 0, 1, 1])
+    vols = np.array([-s.volume / len(s) for s in structs])
+    out_b = build_reward([{"name": "test_density"}])(RewardContext(structs, RewardResources()),
+                                                     groups=groups)
+    np.testing.assert_allclose(out_b.total, (vols - vols.min()) / (vols.max() - vols.min()))
+    out_g = build_reward([{"name": "test_density"}], normalize_scope="group")(
+        RewardContext(structs, RewardResources()), groups=groups)
+    np.testing.assert_allclose(out_g.total, [1.0, 0.0, 1.0, 0.0])  # each group to [0, 1]
 
 
 @pytest.mark.slow
