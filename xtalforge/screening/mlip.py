@@ -83,7 +83,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------
-# results
+# autograd for force-taking models
 # --------------------------------------------------------------------------------------
 def _autograd_enabled() -> contextlib.AbstractContextManager:
     """``torch.enable_grad()`` (a null context without torch)."""
@@ -110,6 +110,9 @@ def _with_autograd(fn: Any) -> Any:
     return wrapper
 
 
+# --------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------
 @dataclass
 class EnergyResult:
     """Single-point result for one structure.
