@@ -233,6 +233,7 @@ def run_rl(name, preset, base, args, res, device, val_latents) -> tuple:
         algorithm=args.algorithm, group_size=args.group_size,
         num_conditions=args.num_conditions, clip_eps=args.clip_eps, kl_weight=args.kl_weight,
         entropy_weight=args.entropy_weight, reference=args.reference, lr=args.lr,
+        kl_estimator=args.kl_estimator,
         num_inner_batches=args.inner_batches, max_steps=args.rl_steps,
         patience=args.patience, sampling_steps=args.sampling_steps, eta=1.0,
         dtype=args.dtype, seed=args.seed, val_every=args.val_every, max_kl=args.max_kl,
@@ -308,6 +309,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--clip-eps", type=float, default=1e-3)
     ap.add_argument("--kl-weight", type=float, default=1.0)
+    ap.add_argument("--kl-estimator", default="k3", choices=["k3", "analytic"])
     ap.add_argument("--entropy-weight", type=float, default=1e-5)
     ap.add_argument("--inner-batches", type=int, default=2)
     ap.add_argument("--patience", type=int, default=500)

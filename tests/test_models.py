@@ -299,6 +299,13 @@ def test_trajectory_log_probs_recomputed_equal_recorded(trained):
         ldm.denoiser.zero_grad(set_to_none=True)
     sub_st = ldm.step_log_probs(traj, steps=[2, 0, 7], steps_per_pass=2)
     torch.testing.assert_close(sub_st, traj.log_probs[[2, 0, 7]], atol=1e-5, rtol=1e-5)
+    # recomputed means: equal to the recorded ones, in both paths (0 on the deterministic step)
+    for per_pass in (1, 3):
+        lp_m, mu = ldm.step_log_probs(traj, steps_per_pass=per_pass, return_means=True)
+        torch.testing.assert_close(lp_m, traj.log_probs, atol=1e-5, rtol=1e-5)
+        live = traj.stochastic
+        torch.testing.assert_close(mu[live], traj.means[live].float(), atol=1e-5, rtol=1e-5)
+        assert torch.all(mu[~live] == 0)
     state = {k: v.clone() for k, v in ldm.denoiser.state_dict().items()}
     try:
         with torch.no_grad():

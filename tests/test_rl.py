@@ -89,6 +89,60 @@ def test_k3_kl_zero_when_equal_positive_otherwise_and_unbiased():
     assert float(k3_kl(logp, logq).mean()) == pytest.approx(mu**2 / 2, rel=0.02)
 
 
+def test_gaussian_kl_closed_form_and_expectation_of_reduced_log_ratio():
+    from xtalforge.models.diffusion import gaussian_kl, gaussian_log_prob
+
+    g = torch.Generator().manual_seed(0)
+    mu, mu_ref = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 3, 4, 5, generator=g)
+    std = torch.tensor([0.3, 0.0])
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    kl = gaussian_kl(mu, mu_ref, std, mask)
+    assert kl.shape == (2, 3) and torch.all(kl[1] == 0)  # a deterministic step carries none
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu[0], 0.3),
+                                            torch.distributions.Normal(mu_ref[0], 0.3))
+    m = mask[..., None].float()
+    torch.testing.assert_close(kl[0], (ref * m).sum((1, 2)) / (m.sum((1, 2)) * 5))
+    torch.testing.assert_close(gaussian_kl(mu, mu_ref, std, mask, "sum")[0], (ref * m).sum((1, 2)))
+    # it is the expectation, under the first Gaussian, of the reduced log-probability ratio
+    z = mu[0] + 0.3 * torch.randn(20000, 3, 4, 5, generator=g)
+    ratio = (gaussian_log_prob(z.reshape(-1, 4, 5), mu[0].repeat(20000, 1, 1), 0.3,
+                               mask.repeat(20000, 1))
+             - gaussian_log_prob(z.reshape(-1, 4, 5), mu_ref[0].repeat(20000, 1, 1), 0.3,
+                                 mask.repeat(20000, 1))).reshape(20000, 3).mean(0)
+    torch.testing.assert_close(ratio, kl[0], atol=0.05 * float(kl[0].max()), rtol=0.02)
+    assert torch.all(gaussian_kl(mu, mu, std, mask) == 0)
+
+
+def test_analytic_kl_training_both_references():
+    for reference in ("pretrained", "rollout"):
+        gen = _tiny_generator(5)
+        tr = GRPOTrainer(gen, build_reward([{"name": "test_volume"}]), RewardResources(),
+                         _config(reference=reference, kl_estimator="analytic", lr=1e-3))
+        curves = tr.train(3, progress=False)
+        assert all(math.isfinite(r["kl"]) and r["kl"] >= 0 for r in curves)
+        if reference == "pretrained":  # > 0 once the policy has moved from the reference
+            assert curves[-1]["kl"] > 0
+        assert tr.describe()["config"]["kl_estimator"] == "analytic"
+    ro_tr = GRPOTrainer(_tiny_generator(6), build_reward([{"name": "test_volume"}]),
+                        RewardResources(), _config(reference="pretrained",
+                                                   kl_estimator="analytic"))
+    ro = ro_tr.rollout()
+    units = ro_tr._units(ro, np.zeros(len(ro.groups)))
+    u = units[0][0]
+    lp, mu = ro_tr.generator.ldm.step_log_probs(u.traj, return_means=True)
+    # policy == reference at the start: the penalised KL is zero (to float32 rounding of the
+    # reference's stacked pass against this step-by-step one)
+    assert float(gaussian_kl_of(mu, u).max()) < 1e-10
+    with pytest.raises(ValueError, match="kl_estimator"):
+        GRPOConfig(kl_estimator="k2")
+
+
+def gaussian_kl_of(mu, unit):
+    from xtalforge.models.diffusion import gaussian_kl
+
+    return gaussian_kl(mu, unit.ref_means, unit.traj.stds, unit.traj.mask, unit.traj.reduce)
+
+
 def test_policy_loss_ratio_one_clipping_and_kl():
     logp_old = torch.tensor([-1.0, -1.0, -1.0, -1.0])
     adv = torch.tensor([1.0, -1.0, 1.0, -1.0])

@@ -92,8 +92,8 @@ class RLFineTuneMaker(Maker):
         KL reference: ``"pretrained"`` (frozen starting denoiser) or ``"rollout"``.
     steps
         Maximum number of RL steps.
-    group_size, num_conditions, clip_eps, kl_weight, entropy_weight, lr, num_inner_batches,
-    grad_clip, patience, plateau_window, sampling_steps, eta, dtype
+    group_size, num_conditions, clip_eps, kl_weight, kl_estimator, entropy_weight, lr,
+    num_inner_batches, grad_clip, patience, plateau_window, sampling_steps, eta, dtype
         :class:`~xtalforge.rl.grpo.GRPOConfig` fields (paper defaults).
     energy_model
         MLIP spec for the stability reward (``"chgnet"``: offline default).
@@ -129,6 +129,7 @@ class RLFineTuneMaker(Maker):
     num_conditions: int = 5
     clip_eps: float = 1e-3
     kl_weight: float = 1.0
+    kl_estimator: str = "k3"
     entropy_weight: float = 1e-5
     lr: float = 1e-5
     num_inner_batches: int = 2
@@ -157,8 +158,9 @@ class RLFineTuneMaker(Maker):
         return GRPOConfig(
             algorithm=self.algorithm, group_size=self.group_size,
             num_conditions=self.num_conditions, clip_eps=self.clip_eps,
-            kl_weight=self.kl_weight, entropy_weight=self.entropy_weight,
-            reference=self.reference, lr=self.lr, num_inner_batches=self.num_inner_batches,
+            kl_weight=self.kl_weight, kl_estimator=self.kl_estimator,
+            entropy_weight=self.entropy_weight, reference=self.reference, lr=self.lr,
+            num_inner_batches=self.num_inner_batches,
             grad_clip=self.grad_clip, max_steps=self.steps, patience=self.patience,
             plateau_window=self.plateau_window, sampling_steps=self.sampling_steps,
             eta=self.eta, dtype=self.dtype, seed=self.seed)

@@ -64,6 +64,7 @@ __all__ = [
     "DiffusionConfig",
     "LatentDiffusion",
     "Trajectory",
+    "gaussian_kl",
     "gaussian_log_prob",
 ]
 
@@ -361,6 +362,45 @@ class Trajectory:
         out.mask, out.num_atoms = self.mask[idx], self.num_atoms[idx]
         out.conditions = {k: v[idx] for k, v in self.conditions.items()}
         return out
+
+
+def gaussian_kl(
+    mean: torch.Tensor, mean_ref: torch.Tensor, std: torch.Tensor, mask: torch.Tensor,
+    reduce: str = "mean",
+) -> torch.Tensor:
+    """Closed-form KL between two diagonal Gaussian transitions of equal standard deviation.
+
+    ``KL(N(mean, std^2) || N(mean_ref, std^2)) = (mean - mean_ref)^2 / (2 std^2)`` per latent
+    entry, reduced like :func:`gaussian_log_prob` (so that it is the expectation, under the
+    first Gaussian, of the difference of the two reduced log-probabilities).
+
+    Parameters
+    ----------
+    mean, mean_ref
+        ``[S, B, N, d]``.
+    std
+        ``[S]`` standard deviations; steps with ``std == 0`` give 0.
+    mask
+        ``[B, N]`` bool.
+    reduce
+        ``"mean"`` (over real atoms x latent dims) or ``"sum"``.
+
+    Returns
+    -------
+    Tensor
+        ``[S, B]`` (float32; differentiable in both means).
+    """
+    std = torch.as_tensor(std, dtype=torch.float32, device=mean.device)
+    live = std > 0
+    inv = torch.where(live, 1.0 / torch.where(live, std, torch.ones_like(std)),
+                      torch.zeros_like(std))[:, None, None, None]
+    m = mask[None, ..., None].float()
+    kl = 0.5 * (((mean.float() - mean_ref.float()) * inv) ** 2 * m).sum(dim=(2, 3))
+    if reduce == "sum":
+        return kl
+    if reduce != "mean":
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    return kl / (m.sum(dim=(2, 3)) * mean.shape[-1]).clamp_min(1.0)
 
 
 def gaussian_log_prob(
@@ -745,7 +785,8 @@ class LatentDiffusion(nn.Module):
         reduce: str | None = None,
         use_ema: bool | None = None,
         steps_per_pass: int = 1,
-    ) -> torch.Tensor:
+        return_means: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Recompute transition log-probabilities of a trajectory under the current parameters.
 
         Differentiable with respect to the denoiser parameters (call it outside
@@ -766,12 +807,15 @@ class LatentDiffusion(nn.Module):
             Number of stochastic steps evaluated in one denoiser pass (their latents are stacked
             along the batch axis with one timestep per row). 1 is the step-by-step loop; larger
             values give the same values (to float32 round-off) with far fewer, larger kernels.
+        return_means
+            Also return the recomputed transition means (for :func:`gaussian_kl`).
 
         Returns
         -------
-        Tensor
+        Tensor, or (Tensor, Tensor) with ``return_means``
             ``[len(steps), B]``; rows of deterministic steps (``std == 0``) are exactly 0 and
-            carry no gradient.
+            carry no gradient. The means are ``[len(steps), B, N, d]`` (0 on deterministic
+            steps).
         """
         reduce = reduce or trajectory.reduce
         net = self._net(trajectory.use_ema if use_ema is None else use_ema)
@@ -780,18 +824,20 @@ class LatentDiffusion(nn.Module):
         )
         idx = range(trajectory.num_steps) if steps is None else steps
         if steps_per_pass > 1:
-            return self._step_log_probs_stacked(trajectory, list(idx), reduce, net, ac,
-                                                steps_per_pass)
+            lp, means = self._step_log_probs_stacked(trajectory, list(idx), reduce, net, ac,
+                                                     steps_per_pass)
+            return (lp, means) if return_means else lp
         mask = trajectory.mask
         mfloat = mask[..., None].float()
         ts = trajectory.timesteps.tolist()
         prev = trajectory.prev_timesteps.tolist()
-        out = []
+        out, means = [], []
         for k in idx:
             t, t_prev = int(ts[k]), int(prev[k])
             std = self._step_std(t, t_prev, trajectory.eta)  # same float64 value as in sample()
             if std <= 0:
                 out.append(torch.zeros(mask.shape[0], device=mask.device))
+                means.append(torch.zeros_like(trajectory.latents[k], dtype=torch.float32))
                 continue
             z = trajectory.latents[k]
             eps = self._predict_eps(
@@ -806,7 +852,8 @@ class LatentDiffusion(nn.Module):
             )
             mean = self._transition(z, eps, t, t_prev, std) * mfloat
             out.append(gaussian_log_prob(trajectory.next_latents[k], mean, std, mask, reduce))
-        return torch.stack(out)
+            means.append(mean.float())
+        return (torch.stack(out), torch.stack(means)) if return_means else torch.stack(out)
 
     def _step_log_probs_stacked(
         self,
@@ -816,14 +863,15 @@ class LatentDiffusion(nn.Module):
         net: DiT,
         ac: torch.dtype | None,
         steps_per_pass: int,
-    ) -> torch.Tensor:
-        """:meth:`step_log_probs` with ``steps_per_pass`` steps per denoiser call."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step_log_probs` with ``steps_per_pass`` steps per denoiser call (and means)."""
         mask = trajectory.mask
         b = mask.shape[0]
         dev = mask.device
         ts = trajectory.timesteps.tolist()
         prev = trajectory.prev_timesteps.tolist()
         out = torch.zeros(len(idx), b, device=dev)
+        mean_rows: list[torch.Tensor] = []
         live = []
         for j, k in enumerate(idx):
             std = self._step_std(int(ts[k]), int(prev[k]), trajectory.eta)
@@ -860,8 +908,11 @@ class LatentDiffusion(nn.Module):
             elif reduce != "sum":
                 raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
             rows.append(total.reshape(m, b))
+            mean_rows.append(mean.reshape(m, b, *mean.shape[1:]))
+        means = torch.zeros(len(idx), *trajectory.latents.shape[1:], device=dev)
         if live:
             lp_all = torch.cat(rows)
             sel = torch.as_tensor([j for j, _, _ in live], device=dev)
             out = out.index_put((sel,), lp_all)
-        return out
+            means = means.index_put((sel,), torch.cat(mean_rows).float())
+        return out, means

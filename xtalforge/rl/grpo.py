@@ -28,10 +28,11 @@ One training step
               + beta * k3(logp_new, logp_ref) - gamma * (-logp_new)
 
    averaged over elements (backward per step, memory-light, as Chemeleon2). ``k3 = exp(d) - d
-   - 1`` with ``d = logp_ref - logp_new`` is the unbiased, non-negative KL estimator (Schulman);
-   ``-logp_new`` is the sample entropy estimate (Chemeleon2's entropy bonus). REINFORCE uses the
-   same objective: with one inner batch and one epoch the ratio is 1 and the gradient is the
-   plain score-function (REINFORCE) gradient ``A grad logp``.
+   - 1`` with ``d = logp_ref - logp_new`` is the unbiased, non-negative KL estimator (Schulman;
+   ``kl_estimator="analytic"`` penalises the closed-form KL of the two Gaussian transitions
+   instead); ``-logp_new`` is the sample entropy estimate (Chemeleon2's entropy bonus).
+   REINFORCE uses the same objective: with one inner batch and one epoch the ratio is 1 and the
+   gradient is the plain score-function (REINFORCE) gradient ``A grad logp``.
 
 Reference policy (``reference``)
 --------------------------------
@@ -67,6 +68,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from xtalforge.models.diffusion import gaussian_kl
+
 if TYPE_CHECKING:  # pragma: no cover
     from xtalforge.models.diffusion import LatentDiffusion, Trajectory
     from xtalforge.models.generator import LatentDiffusionGenerator
@@ -87,6 +90,7 @@ __all__ = [
 
 ALGORITHMS = ("grpo", "reinforce")
 REFERENCES = ("pretrained", "rollout")
+KL_ESTIMATORS = ("k3", "analytic")
 
 
 @dataclass
@@ -131,6 +135,13 @@ class GRPOConfig:
     max_kl
         Stop when a step's mean KL to the reference exceeds this (None: never). A step whose
         loss or gradient is not finite is never applied, and training stops there.
+    kl_estimator
+        ``"k3"`` (the paper's unbiased estimator from the sampled latents) or ``"analytic"``:
+        the closed-form KL ``|mean - mean_ref|^2 / (2 std^2)`` between the policy's and the
+        reference's Gaussian transitions at each recorded state (reduced like the
+        log-probabilities; :func:`xtalforge.models.diffusion.gaussian_kl`). Both have the same
+        expectation; the analytic one has no sampling noise, whose ``(z - mean) / std^2``
+        factor is largest on the last, low-noise steps.
     select_by
         Curve key of the rollout metrics (e.g. ``"frac_msun"``, ``"reward_raw_total"``) by
         which the best policy seen is kept; :meth:`GRPOTrainer.restore_best` puts it back at
@@ -175,6 +186,7 @@ class GRPOConfig:
     start_from_ema: bool = True
     steps_per_pass: int = 0
     max_kl: float | None = None
+    kl_estimator: str = "k3"
     select_by: str | None = None
     eval_every: int = 0
     eval_samples: int = 256
@@ -191,6 +203,8 @@ class GRPOConfig:
             raise ValueError("eval_every must be >= 0 and eval_samples >= 2")
         if self.group_size < 2 and self.algorithm == "grpo":
             raise ValueError("GRPO needs group_size >= 2")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}")
         if self.num_inner_batches < 1 or self.num_epochs < 1:
             raise ValueError("num_inner_batches and num_epochs must be >= 1")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -228,6 +242,7 @@ def policy_loss(
     kl_weight: float = 1.0,
     entropy_weight: float = 1e-5,
     reduction: str = "mean",
+    kl_values: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped-surrogate GRPO loss with k3 KL penalty and entropy bonus (to minimise).
 
@@ -245,6 +260,9 @@ def policy_loss(
         Clip range, beta, gamma.
     reduction
         ``"mean"`` or ``"sum"`` over elements.
+    kl_values
+        Per-element KL values to penalise instead of the k3 estimate (e.g. the analytic
+        Gaussian KL); same shape as ``logp_new``.
 
     Returns
     -------
@@ -258,7 +276,10 @@ def policy_loss(
     surr = torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
     elem = -surr
     kl = torch.zeros_like(logp_new)
-    if logp_ref is not None:
+    if kl_values is not None:
+        kl = kl_values
+        elem = elem + kl_weight * kl
+    elif logp_ref is not None:
         kl = k3_kl(logp_new, logp_ref.detach())
         elem = elem + kl_weight * kl
     entropy = -logp_new
@@ -368,6 +389,7 @@ class _Unit:
     traj: Trajectory
     adv: torch.Tensor
     ref: torch.Tensor | None  # [S, b] reference log-probs (pretrained reference)
+    ref_means: torch.Tensor | None = None  # [S, b, N, d] reference means (analytic KL)
 
 
 @dataclass
@@ -509,19 +531,25 @@ class GRPOTrainer:
         pieces = max(1, math.ceil(cfg.num_inner_batches / len(rollout.trajectories)))
         for c, traj in enumerate(rollout.trajectories):
             idx = np.flatnonzero(rollout.groups == c)
-            ref = None
+            ref, ref_means = None, None
             if self.ref_ldm is not None:
                 with torch.no_grad():
                     ref = self.ref_ldm.step_log_probs(
-                        traj, steps_per_pass=cfg.steps_per_pass or traj.num_steps)
+                        traj, steps_per_pass=cfg.steps_per_pass or traj.num_steps,
+                        return_means=cfg.kl_estimator == "analytic")
+                if cfg.kl_estimator == "analytic":
+                    ref, ref_means = ref
+            elif cfg.kl_estimator == "analytic":
+                ref_means = traj.means  # the rollout policy's own transitions
             if pieces == 1:
-                units.append(_Unit(traj, adv_t[idx], ref))
+                units.append(_Unit(traj, adv_t[idx], ref, ref_means))
                 continue
             for part in np.array_split(np.arange(len(idx)), pieces):
                 if len(part) == 0:
                     continue
                 sub = traj.select(torch.as_tensor(part))
-                units.append(_Unit(sub, adv_t[idx[part]], None if ref is None else ref[:, part]))
+                units.append(_Unit(sub, adv_t[idx[part]], None if ref is None else ref[:, part],
+                                   None if ref_means is None else ref_means[:, part]))
         n_ib = min(cfg.num_inner_batches, len(units))
         return [list(b) for b in np.array_split(np.array(units, dtype=object), n_ib)]
 
@@ -547,12 +575,21 @@ class GRPOTrainer:
                 chunks = [steps[i : i + per_pass] for i in range(0, len(steps), per_pass)]
                 for u in units:
                     for ks in chunks:
-                        lp_new = ldm.step_log_probs(u.traj, steps=ks, steps_per_pass=len(ks))
+                        kl_values = None
+                        if cfg.kl_estimator == "analytic":
+                            lp_new, mu_new = ldm.step_log_probs(
+                                u.traj, steps=ks, steps_per_pass=len(ks), return_means=True)
+                            kl_values = gaussian_kl(mu_new, u.ref_means[ks], u.traj.stds[ks],
+                                                    u.traj.mask, u.traj.reduce)
+                        else:
+                            lp_new = ldm.step_log_probs(u.traj, steps=ks,
+                                                        steps_per_pass=len(ks))
                         lp_old = u.traj.log_probs[ks]
                         lp_ref = u.ref[ks] if u.ref is not None else lp_old
                         adv_b = u.adv.expand(len(ks), -1)
                         loss, st = policy_loss(lp_new, lp_old, adv_b, lp_ref, cfg.clip_eps,
-                                               cfg.kl_weight, cfg.entropy_weight, "sum")
+                                               cfg.kl_weight, cfg.entropy_weight, "sum",
+                                               kl_values=kl_values)
                         (loss / n_elem).backward()
                         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                         for key, val in st.items():
