@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -39,11 +42,71 @@ from xtalforge.models.crystal import CrystalBatch, augment, structures_to_batch
 from xtalforge.models.diffusion import autocast, resolve_autocast_dtype
 from xtalforge.models.generator import LatentDiffusionGenerator
 
-__all__ = ["as_batch", "finetune_decoder", "train_ldm", "train_vae"]
+__all__ = ["TrainConfig", "as_batch", "finetune_decoder", "train_ldm", "train_vae"]
 
 logger = logging.getLogger(__name__)
 
 Callback = Callable[[int, dict[str, float]], "bool | None"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one training stage (VAE, LDM or decoder fine-tuning).
+
+    Parameters
+    ----------
+    steps
+        Optimiser steps of the whole stage (summed over resumed runs).
+    batch_size, lr, weight_decay, grad_clip
+        AdamW settings (Park & Walsh 2025 use batch 256, lr 1e-4, no weight decay).
+    warmup_steps, schedule
+        Linear warm-up over steps, then ``"constant"`` or ``"cosine"`` decay over ``steps``.
+    dtype
+        ``"fp32"`` or ``"bf16"`` (autocast, CUDA only).
+    seed
+        Seeds the minibatch order, augmentation and noise.
+    augment_data
+        Random translation and rotation of every minibatch.
+    log_every
+        Steps between history entries (``None``: about 20 entries per stage).
+    max_minutes
+        Wall-clock budget of one run: training saves its state and stops cleanly when it is
+        spent; a later run with the same state file continues (``None``: no budget).
+    save_every_minutes
+        Interval between saves of the full training state (only when a state file is given).
+    """
+
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    dtype: str = "fp32"
+    seed: int = 0
+    augment_data: bool = True
+    log_every: int | None = None
+    max_minutes: float | None = None
+    save_every_minutes: float = 5.0
+
+    def loop_kwargs(self) -> dict:
+        """Keyword arguments of :func:`train_vae` / :func:`train_ldm` for these settings."""
+        return {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "grad_clip": self.grad_clip,
+            "warmup_steps": self.warmup_steps,
+            "schedule": self.schedule,
+            "dtype": self.dtype,
+            "seed": self.seed,
+            "augment_data": self.augment_data,
+            "log_every": self.log_every or max(1, self.steps // 20),
+            "max_minutes": self.max_minutes,
+            "save_every_minutes": self.save_every_minutes,
+        }
 
 
 def as_batch(structures: Sequence | CrystalBatch, max_atoms: int) -> CrystalBatch:
@@ -53,18 +116,128 @@ def as_batch(structures: Sequence | CrystalBatch, max_atoms: int) -> CrystalBatc
     return structures_to_batch(list(structures), max_atoms=max_atoms)
 
 
-def _index_stream(
-    n: int, batch_size: int, total_steps: int, generator: torch.Generator
-) -> Iterator[torch.Tensor]:
-    """Minibatch indices over shuffled epochs (the last partial batch of an epoch is kept)."""
-    step = 0
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            if step >= total_steps:
-                return
-            yield perm[start : start + batch_size]
-            step += 1
+class _EpochSampler:
+    """Minibatch indices over shuffled epochs, resumable at any step.
+
+    Each epoch's permutation is drawn from ``generator``; the generator's state at the start of
+    the current epoch and the step count make the stream restartable mid-epoch (the last
+    partial batch of an epoch is kept).
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.per_epoch = math.ceil(n / batch_size)
+        self.epoch_state = generator.get_state()
+        self.perm = torch.randperm(n, generator=generator)
+        self.offset = 0
+
+    def next(self) -> torch.Tensor:
+        """Return the next minibatch of indices."""
+        if self.offset >= self.per_epoch:
+            self.epoch_state = self.generator.get_state()
+            self.perm = torch.randperm(self.n, generator=self.generator)
+            self.offset = 0
+        lo = self.offset * self.batch_size
+        self.offset += 1
+        return self.perm[lo : lo + self.batch_size]
+
+    def state_dict(self) -> dict:
+        """Return what :meth:`load_state_dict` needs to continue the stream."""
+        return {"epoch_state": self.epoch_state, "offset": self.offset}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the stream where :meth:`state_dict` was taken."""
+        self.generator.set_state(state["epoch_state"])
+        self.epoch_state = self.generator.get_state()
+        self.perm = torch.randperm(self.n, generator=self.generator)
+        self.offset = int(state["offset"])
+
+
+STATE_FORMAT = "xtalforge-train-state"
+
+
+class TrainStateError(ValueError):
+    """A training-state file that cannot be resumed (foreign, corrupt or for other settings)."""
+
+
+def load_train_state(path: str | Path | None) -> dict | None:
+    """Return the training state saved at ``path``, or ``None`` when there is no file.
+
+    Raises
+    ------
+    TrainStateError
+        When the file is not an xtalforge training state.
+    """
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise TrainStateError(
+            f"not an xtalforge training state: {path} ({type(exc).__name__})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise TrainStateError(f"not an xtalforge training state: {path}")
+    return state
+
+
+def _save_train_state(path: Path, state: dict) -> None:
+    """Write ``state`` atomically (a killed save leaves the previous file intact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class _Checkpointing:
+    """Where and how often a training loop saves its full state."""
+
+    path: Path
+    model: torch.nn.Module
+    rng: dict[str, torch.Generator]
+    every_s: float
+    settings: dict
+    on_save: Callable[[Path], None] | None = None
+
+
+def _resume_state(
+    name: str,
+    generator: torch.nn.Module,
+    state_path: str | Path | None,
+    settings: dict,
+) -> dict | None:
+    """Load a saved state for stage ``name`` into ``generator``; ``None`` starts afresh."""
+    state = load_train_state(state_path)
+    if state is None:
+        return None
+    if state.get("stage") != name:
+        raise TrainStateError(
+            f"{state_path} holds a {state.get('stage')!r} training state, not {name!r}"
+        )
+    for key, value in settings.items():
+        if state["settings"].get(key) != value:
+            raise TrainStateError(
+                f"{state_path} was saved with {key}={state['settings'].get(key)!r}, "
+                f"this run has {key}={value!r}: resume with the same settings or a new state file"
+            )
+    generator.load_state_dict(state["model"])
+    return state
+
+
+def _checkpointing(
+    state_path: str | Path | None,
+    generator: torch.nn.Module,
+    rng: dict[str, torch.Generator],
+    save_every_minutes: float,
+    settings: dict,
+    on_save: Callable[[Path], None] | None,
+) -> _Checkpointing | None:
+    if state_path is None:
+        return None
+    return _Checkpointing(
+        Path(state_path), generator, rng, 60.0 * save_every_minutes, settings, on_save
+    )
 
 
 def _restore_requires_grad(module: torch.nn.Module, flags: list[bool]) -> None:
@@ -110,21 +283,50 @@ def _run_loop(
     progress: bool | None,
     after_step: Callable[[], None] | None = None,
     max_time_s: float | None = None,
+    max_minutes: float | None = None,
+    max_run_steps: int | None = None,
+    checkpointing: _Checkpointing | None = None,
+    resume: dict | None = None,
 ) -> dict:
-    """Optimise ``params`` on minibatch losses from ``step_fn(indices)``; return the history."""
+    """Optimise ``params`` on minibatch losses from ``step_fn(indices)``; return the history.
+
+    ``max_time_s`` is the budget of the whole stage (the cosine schedule follows it);
+    ``max_minutes`` (and ``max_run_steps``) is the budget of this run only: the state is saved
+    and the loop returns with ``completed=False``, and a run given that state as ``resume``
+    continues exactly where this one stopped (parameters, EMA, optimiser moments, step,
+    minibatch order, RNG).
+    """
     from tqdm.auto import tqdm
 
     _lr_factor(0, 0.0, warmup_steps, schedule)  # validate the schedule name early
     fused = all(p.is_cuda for p in params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    cpu_gen = torch.Generator().manual_seed(seed)
+    sampler = _EpochSampler(n, batch_size, torch.Generator().manual_seed(seed))
     history: dict = defaultdict(list)
     window: dict[str, list[torch.Tensor]] = defaultdict(list)
-    t_start = time.perf_counter()
-    disable = None if progress is None else not progress
-    bar = tqdm(total=total_steps, desc=name, disable=disable, leave=False)
     step = 0
+    elapsed_before = 0.0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        sampler.load_state_dict(resume["sampler"])
+        for key, gen in (checkpointing.rng if checkpointing else {}).items():
+            gen.set_state(resume["rng"][key])
+        torch.set_rng_state(resume["rng"]["torch_cpu"])
+        if torch.cuda.is_available() and resume["rng"].get("torch_cuda") is not None:
+            torch.cuda.set_rng_state_all(resume["rng"]["torch_cuda"])
+        history.update({k: list(v) for k, v in resume["history"].items()})
+        step = int(resume["step"])
+        elapsed_before = float(resume["elapsed_s"])
+        logger.info("%s: resuming at step %d/%d", name, step, total_steps)
+    resumed_from = step
+    t_start = time.perf_counter()
+    last_save = t_start
+    disable = None if progress is None else not progress
+    bar = tqdm(total=total_steps, initial=step, desc=name, disable=disable, leave=False)
     lr_now = lr
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t_start
 
     def flush() -> dict[str, float]:
         # averages the window (one device sync per logging point, not per step)
@@ -141,18 +343,60 @@ def _run_loop(
         logger.info("%s step %d/%d lr=%.3g %s", name, step, total_steps, lr_now, msg)
         return metrics
 
-    for idx in _index_stream(n, batch_size, total_steps, cpu_gen):
-        elapsed = time.perf_counter() - t_start
-        if max_time_s is not None and elapsed >= max_time_s:
+    def save(completed: bool) -> None:
+        if checkpointing is None:
+            return
+        state = {
+            "format": STATE_FORMAT,
+            "version": 1,
+            "stage": name,
+            "step": step,
+            "total_steps": total_steps,
+            "completed": completed,
+            "settings": checkpointing.settings,
+            "model": {k: v.detach().cpu() for k, v in checkpointing.model.state_dict().items()},
+            "optimizer": opt.state_dict(),
+            "sampler": sampler.state_dict(),
+            "rng": {
+                **{k: g.get_state() for k, g in checkpointing.rng.items()},
+                "torch_cpu": torch.get_rng_state(),
+                "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+            "history": {k: list(v) for k, v in history.items()},
+            "elapsed_s": elapsed(),
+        }
+        _save_train_state(checkpointing.path, state)
+        logger.info("%s: training state saved at step %d to %s", name, step, checkpointing.path)
+        if checkpointing.on_save is not None:
+            checkpointing.on_save(checkpointing.path)
+
+    run_budget_s = None if max_minutes is None else 60.0 * max_minutes
+    stopped_by_budget = False
+    while step < total_steps:
+        now = time.perf_counter()
+        if max_time_s is not None and elapsed() >= max_time_s:
             logger.info("%s: time budget of %.0f s reached at step %d", name, max_time_s, step)
             break
+        if run_budget_s is not None and now - t_start >= run_budget_s:
+            logger.info("%s: run budget of %g min reached at step %d", name, max_minutes, step)
+            stopped_by_budget = True
+            break
+        if max_run_steps is not None and step - resumed_from >= max_run_steps:
+            logger.info("%s: run budget of %d steps reached at step %d", name, max_run_steps, step)
+            stopped_by_budget = True
+            break
+        if checkpointing is not None and now - last_save >= checkpointing.every_s:
+            if window:
+                flush()
+            save(completed=False)
+            last_save = time.perf_counter()
         frac = step / total_steps
         if max_time_s:
-            frac = max(frac, elapsed / max_time_s)
+            frac = max(frac, elapsed() / max_time_s)
         lr_now = lr * _lr_factor(step, frac, warmup_steps, schedule)
         for group in opt.param_groups:
             group["lr"] = lr_now
-        out = step_fn(idx)
+        out = step_fn(sampler.next())
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         if grad_clip:
@@ -172,10 +416,14 @@ def _run_loop(
     if window:
         flush()
     bar.close()
+    completed = not stopped_by_budget
+    save(completed=completed)
     history = dict(history)
-    history["wall_time_s"] = time.perf_counter() - t_start
+    history["wall_time_s"] = elapsed()
     history["steps"] = step
     history["epochs"] = step * batch_size / n
+    history["completed"] = completed
+    history["resumed_from_step"] = resumed_from
     return history
 
 
@@ -198,6 +446,11 @@ def train_vae(
     schedule: str = "constant",
     progress: bool | None = None,
     max_time_s: float | None = None,
+    max_minutes: float | None = None,
+    state_path: str | Path | None = None,
+    save_every_minutes: float = 5.0,
+    on_save: Callable[[Path], None] | None = None,
+    max_run_steps: int | None = None,
 ) -> dict:
     """Train the generator's VAE.
 
@@ -229,7 +482,23 @@ def train_vae(
     progress
         tqdm bar (None: only on a TTY).
     max_time_s
-        Wall-clock budget: training stops when it is spent (``steps`` is then an upper bound).
+        Wall-clock budget of the stage: training stops when it is spent (``steps`` is then an
+        upper bound) and the cosine schedule follows it.
+    max_minutes
+        Wall-clock budget of this run (e.g. a batch job's wall time): the full training state
+        is saved to ``state_path`` and the function returns with ``history["completed"]``
+        False; calling it again with the same ``state_path`` continues. The schedule follows
+        ``steps`` only, so resumed and uninterrupted runs are identical.
+    state_path
+        File of the full training state (weights, EMA, optimiser, step, minibatch order, RNG),
+        saved every ``save_every_minutes``, at a budget stop and at the end. When it exists,
+        training resumes from it (a completed state returns at once).
+    save_every_minutes
+        Interval between state saves.
+    on_save
+        Called with ``state_path`` after each save (e.g. to copy the state to a store).
+    max_run_steps
+        Like ``max_minutes``, in optimiser steps of this run.
 
     Returns
     -------
@@ -240,11 +509,16 @@ def train_vae(
     data = as_batch(structures, generator.max_atoms).to(device)
     generator.to(device)
     vae = generator.vae.train()
-    if generator.num_atoms_counts[1:].std() == 0:  # still uniform: fit it here too
-        generator.fit_num_atoms_distribution(data.num_atoms)
     total = _resolve_steps(len(data), batch_size, steps, epochs)
+    settings = {"n": len(data), "batch_size": batch_size, "seed": seed}
+    resume = _resume_state("vae", generator, state_path, settings)
+    if resume is None and generator.num_atoms_counts[1:].std() == 0:
+        generator.fit_num_atoms_distribution(data.num_atoms)  # still uniform: fit it here too
     dev_gen = torch.Generator(device=device).manual_seed(seed + 1)
     ac = resolve_autocast_dtype(dtype, device)
+    ckpt = _checkpointing(
+        state_path, generator, {"device": dev_gen}, save_every_minutes, settings, on_save
+    )
 
     def step_fn(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = data[idx.to(device)]
@@ -278,6 +552,10 @@ def train_vae(
         callback,
         progress,
         max_time_s=max_time_s,
+        max_minutes=max_minutes,
+        max_run_steps=max_run_steps,
+        checkpointing=ckpt,
+        resume=resume,
     )
     vae.eval()
     return hist
@@ -327,6 +605,11 @@ def train_ldm(
     schedule: str = "constant",
     progress: bool | None = None,
     max_time_s: float | None = None,
+    max_minutes: float | None = None,
+    state_path: str | Path | None = None,
+    save_every_minutes: float = 5.0,
+    on_save: Callable[[Path], None] | None = None,
+    max_run_steps: int | None = None,
 ) -> dict:
     """Train the latent diffusion denoiser with the VAE frozen.
 
@@ -341,6 +624,8 @@ def train_ldm(
         Training length (exactly one).
     batch_size, lr, weight_decay, grad_clip, warmup_steps, schedule, dtype, progress, max_time_s
         As in :func:`train_vae`.
+    max_minutes, state_path, save_every_minutes, on_save, max_run_steps
+        Resumable training, as in :func:`train_vae`.
     device, seed, log_every, callback
         As in :func:`train_vae`.
     augment_data
@@ -358,15 +643,21 @@ def train_ldm(
     device = torch.device(device)
     data = as_batch(structures, generator.max_atoms).to(device)
     generator.to(device)
-    generator.fit_num_atoms_distribution(data.num_atoms)
     vae, ldm = generator.vae, generator.ldm
+    total = _resolve_steps(len(data), batch_size, steps, epochs)
+    settings = {"n": len(data), "batch_size": batch_size, "seed": seed}
+    resume = _resume_state("ldm", generator, state_path, settings)
     vae_flags = [p.requires_grad for p in vae.parameters()]
     vae.eval().requires_grad_(False)
-    total = _resolve_steps(len(data), batch_size, steps, epochs)
     dev_gen = torch.Generator(device=device).manual_seed(seed + 1)
     ac = resolve_autocast_dtype(dtype, device)
-    if fit_latent_stats:
-        _fit_latent_stats(generator, data, 1024, augment_data, dev_gen)
+    if resume is None:
+        generator.fit_num_atoms_distribution(data.num_atoms)
+        if fit_latent_stats:
+            _fit_latent_stats(generator, data, 1024, augment_data, dev_gen)
+    ckpt = _checkpointing(
+        state_path, generator, {"device": dev_gen}, save_every_minutes, settings, on_save
+    )
     ldm.denoiser.train()
 
     def step_fn(idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -407,6 +698,10 @@ def train_ldm(
             progress,
             after_step=ldm.update_ema,
             max_time_s=max_time_s,
+            max_minutes=max_minutes,
+            max_run_steps=max_run_steps,
+            checkpointing=ckpt,
+            resume=resume,
         )
     finally:
         _restore_requires_grad(vae, vae_flags)
@@ -434,6 +729,11 @@ def finetune_decoder(
     schedule: str = "constant",
     progress: bool | None = None,
     max_time_s: float | None = None,
+    max_minutes: float | None = None,
+    state_path: str | Path | None = None,
+    save_every_minutes: float = 5.0,
+    on_save: Callable[[Path], None] | None = None,
+    max_run_steps: int | None = None,
 ) -> dict:
     """Fine-tune the VAE decoder on noised latents; the encoder stays fixed.
 
@@ -457,7 +757,8 @@ def finetune_decoder(
         Largest noise level, in latent standard deviations (0 continues plain decoder
         training on posterior means).
     steps, epochs, batch_size, lr, device, seed, log_every, callback, augment_data,
-    weight_decay, grad_clip, dtype, warmup_steps, schedule, progress, max_time_s
+    weight_decay, grad_clip, dtype, warmup_steps, schedule, progress, max_time_s,
+    max_minutes, state_path, save_every_minutes, on_save, max_run_steps
         As in :func:`train_vae`.
 
     Returns
@@ -472,10 +773,16 @@ def finetune_decoder(
     generator.to(device)
     vae, ldm = generator.vae, generator.ldm
     total = _resolve_steps(len(data), batch_size, steps, epochs)
+    settings = {"n": len(data), "batch_size": batch_size, "seed": seed, "noise_max": noise_max}
+    resume = _resume_state("decoder", generator, state_path, settings)
     dev_gen = torch.Generator(device=device).manual_seed(seed + 2)
     ac = resolve_autocast_dtype(dtype, device)
-    if bool((ldm.latent_std == 1).all()) and bool((ldm.latent_mean == 0).all()):
+    identity = bool((ldm.latent_std == 1).all()) and bool((ldm.latent_mean == 0).all())
+    if resume is None and identity:
         _fit_latent_stats(generator, data, 1024, augment_data, dev_gen)
+    ckpt = _checkpointing(
+        state_path, generator, {"device": dev_gen}, save_every_minutes, settings, on_save
+    )
     latent_std = ldm.latent_std.detach().clone()
     flags = [p.requires_grad for p in vae.parameters()]
     vae.requires_grad_(False)
@@ -519,6 +826,10 @@ def finetune_decoder(
             callback,
             progress,
             max_time_s=max_time_s,
+            max_minutes=max_minutes,
+            max_run_steps=max_run_steps,
+            checkpointing=ckpt,
+            resume=resume,
         )
     finally:
         _restore_requires_grad(vae, flags)

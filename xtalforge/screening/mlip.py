@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xtalforge.device import resolve_device
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from ase import Atoms
@@ -227,14 +229,6 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in table:
         raise ValueError(f"unsupported dtype {dtype!r}; use 'float32' or 'float64'")
     return table[dtype]
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _to_structure(obj: Any) -> Structure:
@@ -622,7 +616,7 @@ class MACEEnergyModel(EnergyModel):
         """
         from mace.tools import utils as mace_utils
 
-        device = _resolve_device(device)
+        device = resolve_device(device)
         tdtype = _torch_dtype(dtype)
         module = module.to(device=device, dtype=tdtype)
         module.eval()
@@ -875,7 +869,7 @@ def _load_mace(target: str, device: str, dtype: str, head: str | None,
                 "elsewhere and use spec 'mace:/path/to/file.model'."
             ) from exc
     with preserve_torch_dtype():
-        module = torch.load(str(file_path), map_location=_resolve_device(device),
+        module = torch.load(str(file_path), map_location=resolve_device(device),
                             weights_only=False)
     model = MACEEnergyModel.from_module(
         module,
@@ -1016,7 +1010,7 @@ def _load_chgnet(target: str | None, device: str, dtype: str, mode: str,
         raise ValueError("CHGNet is evaluated in float32 only")
     from chgnet.model import CHGNet
 
-    device = _resolve_device(device)
+    device = resolve_device(device)
     name = target or "0.3.0"
     with preserve_torch_dtype("float32"):
         if Path(name).is_file():
