@@ -107,42 +107,9 @@ def load_split(data_dir: Path, name: str, workers: int, cache_dir: Path | None =
 
 def chemical_potentials(energy_model, structures, out: Path) -> tuple[dict, dict]:
     """CHGNet elemental chemical potentials (cached in ``out``) and their sources."""
-    if out.exists():
-        d = json.loads(out.read_text())
-        if d.get("energy_model_fingerprint") == energy_model.fingerprint:
-            return d["mu"], d["source"]
-    elem = [s for s in structures if len(s.composition.elements) == 1]
-    res = energy_model.predict(elem, batch_size=64)
-    mu: dict[str, float] = {}
-    src: dict[str, str] = {}
-    for s, r in zip(elem, res, strict=True):
-        if r.ok and math.isfinite(r.energy_per_atom):
-            el = s.composition.elements[0].symbol
-            if r.energy_per_atom < mu.get(el, math.inf):
-                mu[el] = float(r.energy_per_atom)
-                src[el] = "MP-20 elemental structure, CHGNet single point"
-    needed = {el.symbol for s in structures for el in s.composition.elements}
-    missing = sorted(needed - set(mu))
-    if missing:
-        from ase.build import bulk
-        from pymatgen.io.ase import AseAtomsAdaptor
+    from xtalforge.screening.hull import mlip_chemical_potentials
 
-        built, names = [], []
-        for el in missing:
-            try:
-                built.append(AseAtomsAdaptor.get_structure(bulk(el)))
-                names.append(el)
-            except Exception as exc:  # noqa: BLE001 - no ASE reference state
-                src[el] = f"none ({type(exc).__name__}: no ASE reference crystal)"
-        for el, r in zip(names, energy_model.relax(built, fmax=0.05, steps=200), strict=True):
-            if r.ok and math.isfinite(r.energy_per_atom):
-                mu[el] = float(r.energy_per_atom)
-                src[el] = "ASE reference crystal relaxed with CHGNet"
-            else:
-                src[el] = f"none (relaxation failed: {r.error})"
-    out.write_text(json.dumps({"mu": mu, "source": src,
-                               "energy_model_fingerprint": energy_model.fingerprint}, indent=1))
-    return mu, src
+    return mlip_chemical_potentials(energy_model, structures, cache_path=out)
 
 
 # ------------------------------------------------------------------------------- screening

@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ReferenceHull", "elemental_chemical_potentials"]
+__all__ = ["ReferenceHull", "elemental_chemical_potentials", "mlip_chemical_potentials"]
 
 _CORRECTIONS = ("none", "MP2020", "as_is")
 
@@ -614,3 +614,79 @@ def elemental_chemical_potentials(
         el = s.composition.elements[0].symbol
         mu[el] = min(mu.get(el, math.inf), float(e))
     return mu
+
+
+def mlip_chemical_potentials(
+    energy_model: EnergyModel,
+    structures: Sequence[Structure],
+    cache_path: str | Path | None = None,
+    relax_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Chemical potentials of every element in ``structures``, with where each came from.
+
+    ``mu_a`` is the lowest single-point energy per atom of the elemental structures among
+    ``structures`` (Park & Walsh 2025, Methods, with CHGNet); an element without one there gets
+    ASE's reference crystal relaxed with the same model; an element for which that fails is
+    left out (its chemical systems are then not covered: NaN E_hull, counted as not
+    metastable).
+
+    Parameters
+    ----------
+    energy_model : EnergyModel
+        The model whose total energies will be queried against a formation-energy hull.
+    structures : sequence of Structure
+        A reference set (e.g. all MP-20 structures); its elemental members and its elements
+        are used.
+    cache_path : str or Path, optional
+        JSON cache, reused when it was written with the same model fingerprint.
+    relax_kwargs : dict, optional
+        Passed to :meth:`EnergyModel.relax` for the ASE fall-back crystals (default fmax 0.05,
+        200 steps).
+
+    Returns
+    -------
+    tuple of dict
+        ``{element: mu}`` and ``{element: source}`` (sources also for left-out elements).
+    """
+    if cache_path is not None and Path(cache_path).is_file():
+        d = json.loads(Path(cache_path).read_text())
+        if d.get("energy_model_fingerprint") == energy_model.fingerprint:
+            return d["mu"], d["source"]
+    elem = [s for s in structures if len(s.composition.elements) == 1]
+    mu: dict[str, float] = {}
+    src: dict[str, str] = {}
+    for s, r in zip(elem, energy_model.predict(elem, batch_size=64), strict=True):
+        if r.ok and math.isfinite(r.energy_per_atom):
+            el = s.composition.elements[0].symbol
+            if r.energy_per_atom < mu.get(el, math.inf):
+                mu[el] = float(r.energy_per_atom)
+                src[el] = "elemental reference structure, single point"
+    needed = {el.symbol for s in structures for el in s.composition.elements}
+    missing = sorted(needed - set(mu))
+    if missing:
+        from ase.build import bulk
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        built, names = [], []
+        for el in missing:
+            try:
+                built.append(AseAtomsAdaptor.get_structure(bulk(el)))
+                names.append(el)
+            except Exception as exc:  # noqa: BLE001 - ASE has no reference crystal for it
+                src[el] = f"none ({type(exc).__name__}: no ASE reference crystal)"
+        kw = {"fmax": 0.05, "steps": 200, **dict(relax_kwargs or {})}
+        for el, r in zip(names, energy_model.relax(built, **kw), strict=True):
+            if r.ok and math.isfinite(r.energy_per_atom):
+                mu[el] = float(r.energy_per_atom)
+                src[el] = "ASE reference crystal, relaxed"
+            else:
+                src[el] = f"none (relaxation failed: {r.error})"
+    if cache_path is not None:
+        cache_path = Path(cache_path)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_name(f"{cache_path.name}.{id(mu)}.tmp")
+        tmp.write_text(json.dumps(
+            {"mu": mu, "source": src, "energy_model_fingerprint": energy_model.fingerprint},
+            indent=1))
+        tmp.replace(cache_path)  # atomic: concurrent readers never see a partial file
+    return mu, src

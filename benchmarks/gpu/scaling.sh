@@ -1,0 +1,78 @@
+#!/bin/bash
+# Generator scaling study on one GPU host (benchmarks/generator_scaling.py), run detached:
+#
+#   setsid nohup bash benchmarks/gpu/scaling.sh > out/dev/pipeline.log 2>&1 &
+#   bash benchmarks/gpu/follow_scaling.sh 540     # repeat until STAGE is done
+#
+# 1. three VAEs side by side, VAEM minutes each (resumable):
+#      cur17    d 256, 4 + 4 layers, KL 1e-3 (the VAE of the earlier bases), MP-20 val+test
+#               minus the 1,000 held-out test crystals (17,093)
+#      cur9     the same on MP-20 val only (9,047)
+#      paper17  Park & Walsh 2025: d 512, 8 + 8 layers, KL 1e-5, weights 1/1/10/10, 17k data
+# 2. four LDMs side by side, LDMM minutes each (bf16, batch 512, lr 3e-4 constant after 500
+#    warm-up steps, EMA 0.999), each saving EMA snapshots at log-spaced steps:
+#      A  DiT 8 x 384 on cur17, 17k data        B  DiT-B 12 x 768 on cur17, 17k data
+#      C  DiT 8 x 384 on cur9, 9k data          D  DiT 8 x 384 on paper17, 17k data
+# 3. NEVAL evaluation workers screen the snapshots as they appear (2,000 samples, DDIM 50,
+#    eta 1, CHGNet single points, MP-20 formation hull, novelty against MP-20 val + test).
+# Every training run keeps its full state (state_*.pt): the same command continues it.
+#
+# Environment: DATA_DIR (MP-20 CSVs, default ../shared/data/mp20), WHEELS (a folder of wheels to
+# install into $D/site first, optional), D (work folder, default out/dev), VAEM, LDMM, NEVAL.
+set -o pipefail
+D=${D:-out/dev}
+DATA_DIR=${DATA_DIR:-../shared/data/mp20}
+VAEM=${VAEM:-3}
+LDMM=${LDMM:-11}
+NEVAL=${NEVAL:-3}
+SC=$D/sc
+T0=$(date +%s)
+mkdir -p $SC
+stage() { echo "$1" > $D/STAGE; echo "== $1 at $(( $(date +%s) - T0 ))s"; }
+
+stage install
+rm -rf $D/code && mkdir -p $D/code && cp -r xtalforge benchmarks $D/code/
+if [ -n "$WHEELS" ] && [ ! -d $D/site ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target $D/site $WHEELS/*.whl \
+    || { stage failed-install; exit 11; }
+fi
+export PYTHONPATH=$PWD/$D/site:$PWD/$D/code PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+# chgnet imports nvidia_smi (images often have only its successor pynvml); pymatgen's phase
+# diagram module imports plotly at module level (only its plotting uses it)
+python3 -c "import nvidia_smi" 2>/dev/null || { mkdir -p $D/site; echo 'from pynvml import *  # noqa' > $D/site/nvidia_smi.py; }
+python3 -c "import plotly" 2>/dev/null || { mkdir -p $D/site/plotly; touch $D/site/plotly/__init__.py $D/site/plotly/graph_objects.py; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c "import xtalforge.data.mp20, chgnet.model, pymatgen.analysis.phase_diagram, smact; print('imports ok')" \
+  || { stage failed-imports; exit 12; }
+
+GS="python3 $D/code/benchmarks/generator_scaling.py"
+COMMON="--out $SC --data-dir $DATA_DIR --device cuda"
+# the evaluation workers start now: they parse MP-20 and compute the CHGNet potentials while
+# the VAEs train
+rm -f $SC/TRAINING_DONE
+for w in $(seq 0 $(( NEVAL - 1 ))); do
+  $GS eval $COMMON --workers 3 --n-jobs 3 --watch --worker $w --n-workers $NEVAL > $SC/eval_$w.log 2>&1 &
+  EVALS="$EVALS $!"
+  sleep 60  # the first worker writes the potentials cache; the others read it
+done &
+
+stage vae
+$GS vae $COMMON --tag cur17 --vae current --data 17k --minutes $VAEM --tf32 > $SC/vae_cur17.log 2>&1 & P1=$!
+$GS vae $COMMON --tag cur9 --vae current --data 9k --minutes $VAEM --tf32 > $SC/vae_cur9.log 2>&1 & P2=$!
+$GS vae $COMMON --tag paper17 --vae paper --data 17k --minutes $VAEM --tf32 > $SC/vae_paper17.log 2>&1 & P3=$!
+wait $P1 $P2 $P3
+for t in cur17 cur9 paper17; do [ -f $SC/vae_$t.pt ] || { stage failed-vae-$t; exit 13; }; done
+grep -h reconstruction_heldout $SC/vae.jsonl | python3 -c "import sys,json; [print('vae', r['tag'], r['steps'], 'steps, held-out reconstruction', r['reconstruction_heldout']) for r in map(json.loads, sys.stdin)]"
+
+stage ldm
+SNAPS=250,500,1000,2000,4000,8000,16000,32000,64000
+$GS ldm $COMMON --tag A --vae-from $SC/vae_cur17.pt --dit 8x384 --data 17k --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_A.log 2>&1 & PA=$!
+$GS ldm $COMMON --tag B --vae-from $SC/vae_cur17.pt --dit 12x768 --data 17k --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_B.log 2>&1 & PB=$!
+$GS ldm $COMMON --tag C --vae-from $SC/vae_cur9.pt --dit 8x384 --data 9k --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_C.log 2>&1 & PC=$!
+$GS ldm $COMMON --tag D --vae-from $SC/vae_paper17.pt --dit 8x384 --data 17k --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_D.log 2>&1 & PD=$!
+wait $PA $PB $PC $PD
+touch $SC/TRAINING_DONE
+stage eval-tail
+while pgrep -f "generator_scaling.py eval" > /dev/null; do sleep 5; done
+stage done
+echo "== total $(( $(date +%s) - T0 ))s"
