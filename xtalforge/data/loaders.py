@@ -65,6 +65,8 @@ class LoadReport:
     entries: list[DatasetEntry]
     rejected: list[Rejection]
     fingerprint: str
+    heldout: set[str] = field(default_factory=set)
+    """Source ids to keep out of training (labelled ``split="heldout"`` on ingestion)."""
 
     @property
     def n_total(self) -> int:

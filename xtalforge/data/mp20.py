@@ -29,6 +29,7 @@ __all__ = [
     "HELDOUT_IDS_FILE",
     "MP20Split",
     "heldout_ids",
+    "load_mp20_report",
     "load_mp20_split",
     "make_heldout_ids",
     "mp20_formation_hull",
@@ -211,3 +212,29 @@ def mp20_formation_hull(data_dir: str | Path, chemical_potentials: dict[str, flo
                     "reference_set": f"MP-20 all formation energies ({len(allf):,})",
                     "queries": queries,
                     "chemical_potentials_source": "the querying MLIP"})
+
+
+def load_mp20_report(data_dir: str | Path, limit: int | None = None, progress: bool = False):
+    """Load MP-20 val + test as one dataset report, for campaign ingestion (``"mp20:DIR"``).
+
+    Returns the :class:`~xtalforge.data.loaders.LoadReport` of both CSVs (entries keep their
+    ``material_id``) named ``mp20-valtest``, whose fingerprint also covers the held-out ids
+    file, with the held-out ids in ``heldout``: the ingest labels those documents
+    ``split="heldout"`` so that training (``split="train"``) never sees them.
+    """
+    from xtalforge.data.loaders import LoadReport, load_cdvae_csv
+
+    data_dir = Path(data_dir)
+    parts = [load_cdvae_csv(data_dir / f"{name}.csv.gz", limit=limit, progress=progress)
+             for name in ("val", "test")]
+    fp = mp20_split_fingerprint(data_dir)
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.fingerprint.encode())
+    h.update(fp["heldout_ids_sha256"].encode())
+    report = LoadReport(
+        name="mp20-valtest", path=str(data_dir),
+        entries=[e for p in parts for e in p.entries],
+        rejected=[r for p in parts for r in p.rejected], fingerprint=h.hexdigest(),
+        heldout=set(heldout_ids()))
+    return report

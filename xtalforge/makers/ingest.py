@@ -24,7 +24,15 @@ logger = logging.getLogger(__name__)
 
 
 def load_source(source: str, fmt: str | None = None, limit: int | None = None) -> LoadReport:
-    """Load ``"demo"`` (the built-in demo set) or a dataset file path."""
+    """Load ``"demo"`` (the built-in demo set), ``"mp20:DIR"`` or a dataset file path.
+
+    ``"mp20:DIR"`` is the project's MP-20 split (:mod:`xtalforge.data.mp20`): val + test from
+    ``DIR``; the 1,000 committed held-out test ids are in ``report.heldout``.
+    """
+    if source.startswith("mp20:"):
+        from xtalforge.data.mp20 import load_mp20_report
+
+        return load_mp20_report(source.removeprefix("mp20:"), limit=limit)
     if source == "demo":
         report = build_demo_dataset()
         if limit:
@@ -42,7 +50,9 @@ class IngestDatasetMaker(Maker):
     name
         Job name.
     source
-        ``"demo"`` or a path to a CDVAE CSV, pymatgen JSON, extxyz or ASE db file.
+        ``"demo"``, ``"mp20:DIR"`` (MP-20 val + test, the committed held-out test crystals
+        labelled ``split="heldout"``) or a path to a CDVAE CSV, pymatgen JSON, extxyz or ASE
+        db file.
     fmt
         Force the loader (``csv``, ``json``, ``extxyz``, ``asedb``); default: from the suffix.
     limit
@@ -74,19 +84,21 @@ class IngestDatasetMaker(Maker):
             "parent_job_uuid": ctx.job_uuid,
         }
         docs = []
+        held = report.heldout
         for e in report.entries:
             sid = make_structure_id(ctx.campaign_id, origin, e.source_id)
+            split = "heldout" if e.source_id in held else self.split
             docs.append(
                 make_structure_doc(
                     e.structure,
                     structure_id=sid,
                     campaign_id=ctx.campaign_id,
                     stage="dataset",
-                    lineage={**lineage, "source_id": e.source_id},
+                    lineage={**lineage, "source_id": e.source_id, "split": split},
                     properties=e.properties,
                     job_uuid=ctx.job_uuid,
                     job_name=ctx.job_name,
-                    split=self.split,
+                    split=split,
                 )
             )
         for r in report.rejected:
@@ -138,6 +150,7 @@ class IngestDatasetMaker(Maker):
         return {
             **summary,
             "split": self.split,
+            "n_heldout": sum(e.source_id in held for e in report.entries),
             "campaign_id": ctx.campaign_id,
             "written": written,
             "already_stored": len(done & {d["doc_id"] for d in docs}),
