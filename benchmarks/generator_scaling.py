@@ -5,7 +5,8 @@ Stages (each a sub-command; a GPU host runs them side by side, see
 
 ``vae``
     Train a VAE on the project's MP-20 split (:mod:`xtalforge.data.mp20`): ``--vae current``
-    (d 256, 4 + 4 layers, KL 1e-3: the VAE of the earlier bases) or ``--vae paper`` (Park &
+    (d 256, 4 + 4 layers, KL 1e-3: the VAE of the earlier bases), ``--vae small`` (d 128,
+    2 + 2, KL 1e-3: for a CPU-sized study) or ``--vae paper`` (Park &
     Walsh 2025: d 512, 8 + 8 layers, KL 1e-5, loss weights species 1 / lengths 1 / angles 10 /
     coordinates 10). Resumable (``--minutes`` per run, state file in ``--out``). Reports the
     reconstruction match rate on the 1,000 held-out crystals (``StructureMatcher()``
@@ -97,6 +98,9 @@ def cmd_vae(args) -> None:
     else:
         cfg = GeneratorConfig.medium()  # d 256, 4 + 4
         cfg.vae.w_kl = 1e-3
+        if args.vae == "small":  # CPU-sized: d 128, 2 + 2
+            cfg.vae.hidden_dim, cfg.vae.num_heads = 128, 4
+            cfg.vae.encoder_layers = cfg.vae.decoder_layers = 2
     torch.manual_seed(args.seed)
     gen = LatentDiffusionGenerator(cfg)
     if args.tf32:
@@ -135,7 +139,7 @@ def cmd_ldm(args) -> None:
     gen = LatentDiffusionGenerator.load(args.vae_from, map_location=args.device)
     depth, width = (int(v) for v in args.dit.lower().split("x"))
     dit = gen.config.dit
-    dit.depth, dit.hidden_dim, dit.num_heads = depth, width, width // 64
+    dit.depth, dit.hidden_dim, dit.num_heads = depth, width, max(2, width // 64)
     gen.config.diffusion.ema_decay = args.ema_decay
     torch.manual_seed(args.seed)
     gen.ldm = LatentDiffusion(gen.config.vae.latent_dim, gen.config.max_atoms, dit,
@@ -322,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("vae")
     common(p)
-    p.add_argument("--vae", default="current", choices=["current", "paper"])
+    p.add_argument("--vae", default="current", choices=["current", "paper", "small"])
     p.add_argument("--lr", type=float, default=5e-4)
     p = sub.add_parser("ldm")
     common(p)

@@ -9,6 +9,7 @@ from xtalforge.flows.runner import run_campaign
 from xtalforge.makers.generator import LDMTrainMaker, PretrainMaker, SampleMaker, VAETrainMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
 from xtalforge.makers.screening import HullMaker, ScreenMaker
+from xtalforge.models.training import TrainConfig
 from xtalforge.stores.artifacts import resolve_checkpoint
 from xtalforge.stores.config import build_job_store
 from xtalforge.stores.documents import find
@@ -23,8 +24,8 @@ def campaign(tmp_path_factory):
     def flow():
         ing = IngestDatasetMaker(source="demo", limit=80).make()
         pre = PretrainMaker(
-            vae_maker=VAETrainMaker(steps=20, batch_size=32, device="cpu"),
-            ldm_maker=LDMTrainMaker(steps=20, batch_size=32, device="cpu"),
+            vae_maker=VAETrainMaker(train=TrainConfig(steps=20, batch_size=32), device="cpu"),
+            ldm_maker=LDMTrainMaker(train=TrainConfig(steps=20, batch_size=32), device="cpu"),
         ).make(ing.output)
         smp = SampleMaker(n=12, batch_size=12, chunk_size=5, device="cpu", label="base").make(
             pre.output["checkpoint"]

@@ -15,6 +15,8 @@ when its section is present (``hull`` is used with ``screen``)::
     dataset: {source: ../shared/data/mp20/val.csv.gz, limit: 2000}
     reference: {source: ../shared/data/mp20/test.csv.gz}
     pretrain: {model: tiny, vae_steps: 300, ldm_steps: 300, device: auto}
+                                          # + TrainConfig fields for both stages (batch_size,
+                                          # lr, dtype, max_minutes: a run's budget ...)
     checkpoint: /path/to/generator.pt     # instead of pretrain: start from a stored model
     rl: {steps: 3, group_size: 8, ...}    # RLFineTuneMaker fields
     sample: {n: 200, batch_size: 200, sample_base: true}
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from jobflow import Flow, Maker
@@ -161,6 +163,30 @@ class DiscoveryCampaignMaker(Maker):
         return Flow(jobs, output=outputs, name=self.name)
 
 
+def _pretrain_from_config(pretrain: dict[str, Any], seed: int) -> PretrainMaker:
+    """Build the :class:`PretrainMaker` of a campaign's ``pretrain`` section.
+
+    ``vae_steps`` / ``ldm_steps`` set each stage's ``train.steps``; the campaign ``seed`` and
+    every other :class:`~xtalforge.models.training.TrainConfig` field given (``batch_size``,
+    ``lr``, ``dtype``, ``max_minutes``, ``save_every_minutes``, ``max_run_steps`` ...) apply to
+    both stages; ``device`` and ``split`` to both makers; ``model`` and ``max_atoms`` to the VAE.
+    """
+    from xtalforge.models.training import TrainConfig
+
+    p = dict(pretrain)
+    train_keys = {f.name for f in fields(TrainConfig)} - {"steps", "seed"}
+    train = {k: p.pop(k) for k in sorted(train_keys) if k in p}
+    common = {k: p.pop(k) for k in ("device", "split") if k in p}
+    vae_train = TrainConfig(steps=p.pop("vae_steps", 300), seed=seed, **train)
+    ldm_train = TrainConfig(steps=p.pop("ldm_steps", 300), seed=seed, **train)
+    vae = VAETrainMaker(
+        model=p.pop("model", "tiny"), max_atoms=p.pop("max_atoms", 20), train=vae_train, **common
+    )
+    if p:
+        raise ValueError(f"unknown pretrain settings: {sorted(p)}")
+    return PretrainMaker(vae_maker=vae, ldm_maker=LDMTrainMaker(train=ldm_train, **common))
+
+
 def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
     """Build a :class:`DiscoveryCampaignMaker` from a campaign configuration dict."""
     config = copy.deepcopy(config)
@@ -175,15 +201,7 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
         )
     pretrain = None
     if config.get("pretrain") is not None:
-        p = dict(config["pretrain"])
-        common = {k: p.pop(k) for k in ("batch_size", "lr", "device", "dtype", "split") if k in p}
-        pretrain = PretrainMaker(
-            vae_maker=VAETrainMaker(model=p.pop("model", "tiny"), steps=p.pop("vae_steps", 300),
-                                    max_atoms=p.pop("max_atoms", 20), seed=seed, **common),
-            ldm_maker=LDMTrainMaker(steps=p.pop("ldm_steps", 300), seed=seed, **common),
-        )
-        if p:
-            raise ValueError(f"unknown pretrain settings: {sorted(p)}")
+        pretrain = _pretrain_from_config(config["pretrain"], seed)
     rl = None
     if config.get("rl") is not None:
         from xtalforge.makers.rl import RLFineTuneMaker

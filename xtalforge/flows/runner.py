@@ -13,8 +13,10 @@ scripts:
    job interrupted midway and run again replaces its partial documents instead of duplicating
    them (and ingestion/sampling skip what is already stored).
 
-A dynamic job that replaced itself (``Response(replace=...)``) counts as finished only once its
-replacement has stored its output under the same uuid (index > 1).
+A dynamic job that replaced itself (``Response(replace=...)``) counts as finished only once the
+output at its highest index is a real one, not another replacement (a training stopped by its run
+budget may replace itself several times). Before a rerun, outputs at index > 1 of unfinished jobs
+are cleared (:func:`clear_replacements`): the rerun starts such a job again at index 1.
 """
 
 from __future__ import annotations
@@ -70,12 +72,29 @@ def completed_uuids(store: JobStore, uuids: list[str]) -> set[str]:
         by_uuid.setdefault(d["uuid"], []).append(d)
     done = set()
     for uuid, ds in by_uuid.items():
-        first = min(ds, key=lambda d: d["index"])
-        out = first.get("output")
-        replaced = isinstance(out, dict) and out.get(REPLACED_KEY)
-        if not replaced or max(d["index"] for d in ds) > first["index"]:
+        # a job that replaced itself (possibly several times: a training continued over runs)
+        # is finished only when the output of its highest index is a real output
+        last = max(ds, key=lambda d: d["index"])
+        out = last.get("output")
+        if not (isinstance(out, dict) and out.get(REPLACED_KEY)):
             done.add(uuid)
     return done
+
+
+def clear_replacements(store: JobStore, uuids: list[str]) -> int:
+    """Delete the stored outputs of index > 1 of jobs about to run again; return how many.
+
+    A rerun starts an unfinished job again at index 1; outputs that an earlier run's
+    replacement chain left at higher indices would otherwise be taken for the job's latest
+    output (``OutputReference.resolve(which="last")``) and by :func:`completed_uuids`.
+    """
+    if not uuids:
+        return 0
+    crit = {"uuid": {"$in": list(uuids)}, "index": {"$gt": 1}}
+    n = store.docs_store.count(crit)
+    if n:
+        store.docs_store.remove_docs(crit)
+    return n
 
 
 def run_campaign(
@@ -162,6 +181,10 @@ def run_campaign(
     if remaining:
         for j in remaining:
             j.hosts = []
+        stale = clear_replacements(store, [j.uuid for j in remaining])
+        if stale:
+            logger.info("campaign %s: cleared %d outputs of unfinished replacement chains",
+                        campaign_id, stale)
         sub = Flow(remaining, name=flow.name)
         root = Path(root_dir) if root_dir else None
         if root:

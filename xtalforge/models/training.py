@@ -74,6 +74,8 @@ class TrainConfig:
         spent; a later run with the same state file continues (``None``: no budget).
     save_every_minutes
         Interval between saves of the full training state (only when a state file is given).
+    max_run_steps
+        Like ``max_minutes``, in optimiser steps of one run (``None``: no budget).
     """
 
     steps: int = 300
@@ -89,6 +91,7 @@ class TrainConfig:
     log_every: int | None = None
     max_minutes: float | None = None
     save_every_minutes: float = 5.0
+    max_run_steps: int | None = None
 
     def loop_kwargs(self) -> dict:
         """Keyword arguments of :func:`train_vae` / :func:`train_ldm` for these settings."""
@@ -106,6 +109,7 @@ class TrainConfig:
             "log_every": self.log_every or max(1, self.steps // 20),
             "max_minutes": self.max_minutes,
             "save_every_minutes": self.save_every_minutes,
+            "max_run_steps": self.max_run_steps,
         }
 
 

@@ -6,6 +6,11 @@ created_at}``. Job outputs carry only a small reference (:func:`checkpoint_ref`)
 weights. Loading resolves, in order: a local file path (offline use: any path a user gives), the
 reference's ``path`` when that file exists with the right sha256, then the blob store, cached
 under ``$XTALFORGE_CACHE`` (default ``~/.cache/xtalforge/checkpoints``) by sha256.
+
+Resumable training keeps one *training state* per ``(campaign_id, job_uuid, stage)``
+(:func:`put_training_state`, :func:`get_training_state`, :func:`delete_training_state`): a
+document ``{state_id, kind: "train-state", stage, sha256, data (base64), metadata, ...}`` that
+each save replaces, so a job running again under the same uuid continues from it.
 """
 
 from __future__ import annotations
@@ -142,3 +147,128 @@ def resolve_checkpoint(
     out = cache_dir() / f"{sha}.pt"
     out.write_bytes(data)
     return out, ref
+
+
+# -- resumable training states ----------------------------------------------------------------
+
+#: ``kind`` of the blob documents holding a training state.
+TRAIN_STATE_KIND = "train-state"
+
+
+def training_state_id(campaign_id: str | None, job_uuid: str, stage: str) -> str:
+    """Return the blob key of the training state of one job's stage.
+
+    The key depends only on the campaign, the job uuid and the stage (``vae``, ``ldm`` ...), so
+    a job that runs again with the same uuid (a rerun of the same campaign, a jobflow-remote
+    rerun, or the job's own ``Response(replace=...)`` continuation) finds the state.
+    """
+    return f"train-state:{campaign_id}:{job_uuid}:{stage}"
+
+
+def put_training_state(
+    blobs: Store,
+    path: str | os.PathLike,
+    campaign_id: str | None,
+    job_uuid: str,
+    stage: str,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Store (replace) a training-state file in the blob store.
+
+    Unlike checkpoints (content-addressed, never overwritten), there is one state per
+    ``(campaign_id, job_uuid, stage)``: each save replaces the previous one.
+
+    Parameters
+    ----------
+    blobs
+        The ``blobs`` additional store.
+    path
+        The state file written by :func:`xtalforge.models.training.train_vae` (or ``train_ldm``).
+    campaign_id, job_uuid, stage
+        What the state belongs to (see :func:`training_state_id`).
+    metadata
+        Small JSON metadata kept with the state (e.g. the run number that saved it).
+
+    Returns
+    -------
+    dict
+        ``{state_id, sha256, size_bytes, stage}``.
+    """
+    data = Path(path).read_bytes()
+    sha = _sha256(data)
+    state_id = training_state_id(campaign_id, job_uuid, stage)
+    doc = {
+        "state_id": state_id,
+        "kind": TRAIN_STATE_KIND,
+        "stage": stage,
+        "campaign_id": campaign_id,
+        "job_uuid": job_uuid,
+        "sha256": sha,
+        "size_bytes": len(data),
+        "data": base64.b64encode(data).decode("ascii"),
+        "metadata": clean_floats(dict(metadata or {})),
+        "updated_at": now(),
+    }
+    blobs.update([doc], key="state_id")
+    logger.info("stored training state %s (%.1f MB)", state_id, len(data) / 1e6)
+    return {"state_id": state_id, "sha256": sha, "size_bytes": len(data), "stage": stage}
+
+
+def get_training_state(
+    blobs: Store,
+    path: str | os.PathLike,
+    campaign_id: str | None,
+    job_uuid: str,
+    stage: str,
+) -> dict[str, Any] | None:
+    """Download the stored training state of a job's stage to ``path``.
+
+    Parameters
+    ----------
+    blobs
+        The ``blobs`` additional store.
+    path
+        Where to write the state file.
+    campaign_id, job_uuid, stage
+        What the state belongs to (see :func:`training_state_id`).
+
+    Returns
+    -------
+    dict or None
+        The state's document without its bytes (``state_id``, ``sha256``, ``metadata`` ...), or
+        ``None`` (and no file written) when the store holds no state for this job and stage.
+
+    Raises
+    ------
+    xtalforge.models.training.TrainStateError
+        When the stored bytes cannot be decoded or fail their sha256.
+    """
+    state_id = training_state_id(campaign_id, job_uuid, stage)
+    doc = blobs.query_one({"state_id": state_id})
+    if not doc:
+        return None
+    try:
+        data = base64.b64decode(doc["data"], validate=True)
+        ok = _sha256(data) == doc.get("sha256")
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        from xtalforge.models.training import TrainStateError
+
+        raise TrainStateError(
+            f"training state {state_id} in the blob store is corrupt (bytes missing or failing "
+            "their sha256): delete it (delete_training_state) to start this stage over"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    doc = {k: v for k, v in doc.items() if k not in ("data", "_id")}
+    logger.info("fetched training state %s (%.1f MB)", state_id, len(data) / 1e6)
+    return doc
+
+
+def delete_training_state(
+    blobs: Store, campaign_id: str | None, job_uuid: str, stage: str
+) -> None:
+    """Remove the stored training state of a job's stage (nothing happens when there is none)."""
+    blobs.remove_docs({"state_id": training_state_id(campaign_id, job_uuid, stage)})
