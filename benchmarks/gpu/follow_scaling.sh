@@ -2,7 +2,8 @@
 # Follow benchmarks/gpu/scaling.sh for up to $1 seconds (default 540), print its progress and
 # copy results to $OUT (or ./returned when OUT is unset): scaling.tgz with every JSONL and log;
 # SHIP="A B" adds those runs' last EMA checkpoints as fp16 in 16 MB parts
-# (cat ldm_A_fp16.pt.part* > ldm_A_fp16.pt) with their sha256.
+# (cat ldm_A_fp16.pt.part* > ldm_A_fp16.pt) with their sha256; SAMPLES="A_4000 ..." adds those
+# snapshots' samples to the archive.
 LIMIT=${1:-540}
 D=${D:-out/dev}
 SC=$D/sc
@@ -18,7 +19,8 @@ grep "^== " $D/pipeline.log
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
 for f in $SC/ldm_*.log $SC/vae_*.log; do [ -f $f ] && { echo "--- $f"; grep -E "step [0-9]+/" $f | tail -1 | cut -c1-200; grep -iE "error|Traceback" $f | tail -3; }; done
 for f in $SC/eval_*.log; do [ -f $f ] && { echo "--- $f"; grep -E "eval |Error|Traceback" $f | tail -12 | cut -c1-220; }; done
-tar czf $OUT/scaling.tgz $D/pipeline.log $SC/*.jsonl $SC/*.log $SC/mu_*.json 2>/dev/null
+EXTRA=""; for s in $SAMPLES; do [ -f $SC/samples_$s.json.gz ] && EXTRA="$EXTRA $SC/samples_$s.json.gz"; done
+tar czf $OUT/scaling.tgz $D/pipeline.log $SC/*.jsonl $SC/*.log $SC/mu_*.json $EXTRA 2>/dev/null
 for tag in $SHIP; do
   f=$SC/ldm_${tag}_last.pt
   [ -f $f ] || continue
@@ -32,5 +34,4 @@ torch.save(d, sys.argv[2])
 PY
   (cd $SC && sha256sum ldm_${tag}_fp16.pt ldm_${tag}_last.pt | tee -a $OUT/sha256.txt && split -b 16000000 -d ldm_${tag}_fp16.pt $OUT/ldm_${tag}_fp16.pt.part)
 done
-for s in $SAMPLES; do cp $SC/samples_$s.json.gz $OUT/ 2>/dev/null; done
 ls -la $OUT

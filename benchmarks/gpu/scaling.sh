@@ -18,7 +18,9 @@
 # Every training run keeps its full state (state_*.pt): the same command continues it.
 #
 # Environment: DATA_DIR (MP-20 CSVs, default ../shared/data/mp20), WHEELS (a folder of wheels to
-# install into $D/site first, optional), D (work folder, default out/dev), VAEM, LDMM, NEVAL.
+# install into $D/site first, optional), D (work folder, default out/dev), VAEM, LDMM, NEVAL,
+# RUNS (which LDM runs, default "A B C D"), EXTRA_VAES (VAEs trained for their reconstruction
+# alone, e.g. paper17).
 set -o pipefail
 D=${D:-out/dev}
 DATA_DIR=${DATA_DIR:-../shared/data/mp20}
@@ -57,20 +59,31 @@ for w in $(seq 0 $(( NEVAL - 1 ))); do
 done &
 
 stage vae
-$GS vae $COMMON --tag cur17 --vae current --data 17k --minutes $VAEM --tf32 > $SC/vae_cur17.log 2>&1 & P1=$!
-$GS vae $COMMON --tag cur9 --vae current --data 9k --minutes $VAEM --tf32 > $SC/vae_cur9.log 2>&1 & P2=$!
-$GS vae $COMMON --tag paper17 --vae paper --data 17k --minutes $VAEM --tf32 > $SC/vae_paper17.log 2>&1 & P3=$!
-wait $P1 $P2 $P3
-for t in cur17 cur9 paper17; do [ -f $SC/vae_$t.pt ] || { stage failed-vae-$t; exit 13; }; done
+# RUNS picks the LDM runs (default all four); only the VAEs they need are trained
+RUNS=${RUNS:-A B C D}
+declare -A VAE_OF=([A]=cur17 [B]=cur17 [C]=cur9 [D]=paper17)
+declare -A DIT_OF=([A]=8x384 [B]=12x768 [C]=8x384 [D]=8x384)
+declare -A DATA_OF=([A]=17k [B]=17k [C]=9k [D]=17k)
+declare -A KIND_OF=([cur17]=current [cur9]=current [paper17]=paper)
+declare -A VDATA_OF=([cur17]=17k [cur9]=9k [paper17]=17k)
+VAES=$( (for r in $RUNS; do echo ${VAE_OF[$r]}; done; for t in $EXTRA_VAES; do echo $t; done) | sort -u)
+PIDS=""
+for t in $VAES; do
+  $GS vae $COMMON --tag $t --vae ${KIND_OF[$t]} --data ${VDATA_OF[$t]} --minutes $VAEM --tf32 > $SC/vae_$t.log 2>&1 &
+  PIDS="$PIDS $!"
+done
+wait $PIDS
+for t in $VAES; do [ -f $SC/vae_$t.pt ] || { stage failed-vae-$t; exit 13; }; done
 grep -h reconstruction_heldout $SC/vae.jsonl | python3 -c "import sys,json; [print('vae', r['tag'], r['steps'], 'steps, held-out reconstruction', r['reconstruction_heldout']) for r in map(json.loads, sys.stdin)]"
 
 stage ldm
 SNAPS=250,500,1000,2000,4000,8000,16000,32000,64000
-$GS ldm $COMMON --tag A --vae-from $SC/vae_cur17.pt --dit 8x384 --data 17k --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_A.log 2>&1 & PA=$!
-$GS ldm $COMMON --tag B --vae-from $SC/vae_cur17.pt --dit 12x768 --data 17k --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_B.log 2>&1 & PB=$!
-$GS ldm $COMMON --tag C --vae-from $SC/vae_cur9.pt --dit 8x384 --data 9k --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_C.log 2>&1 & PC=$!
-$GS ldm $COMMON --tag D --vae-from $SC/vae_paper17.pt --dit 8x384 --data 17k --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_D.log 2>&1 & PD=$!
-wait $PA $PB $PC $PD
+PIDS=""
+for r in $RUNS; do
+  $GS ldm $COMMON --tag $r --vae-from $SC/vae_${VAE_OF[$r]}.pt --dit ${DIT_OF[$r]} --data ${DATA_OF[$r]} --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_$r.log 2>&1 &
+  PIDS="$PIDS $!"
+done
+wait $PIDS
 touch $SC/TRAINING_DONE
 stage eval-tail
 while pgrep -f "generator_scaling.py eval" > /dev/null; do sleep 5; done
