@@ -48,7 +48,7 @@ python3 -c "import xtalforge.data.mp20, chgnet.model, pymatgen.analysis.phase_di
   || { stage failed-imports; exit 12; }
 
 GS="python3 $D/code/benchmarks/generator_scaling.py"
-COMMON="--out $SC --data-dir $DATA_DIR --device cuda"
+COMMON="--out $SC --data-dir $DATA_DIR --device ${DEVICE:-cuda}"
 # the evaluation workers start now: they parse MP-20 and compute the CHGNet potentials while
 # the VAEs train
 rm -f $SC/TRAINING_DONE
