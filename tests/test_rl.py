@@ -382,11 +382,12 @@ def _ctx(store, uuid: str = "job-1") -> JobContext:
     return JobContext(store=store, job_uuid=uuid, job_name="rl", campaign_id="c1", metadata={})
 
 
-def _maker(**kw) -> RLFineTuneMaker:
+def _maker(max_steps: int = 2, **kw) -> RLFineTuneMaker:
+    grpo = GRPOConfig(group_size=4, num_conditions=2, sampling_steps=5, lr=1e-3,
+                      max_steps=max_steps)
     base = dict(reward=[{"name": "test_volume"}, {"name": "composition_diversity",
                                                   "weight": 0.5}],
-                group_size=4, num_conditions=2, sampling_steps=5, lr=1e-3, steps=2,
-                checkpoint_every=1, val_size=8, device="cpu")
+                grpo=grpo, checkpoint_every=1, val_size=8, device="cpu")
     base.update(kw)
     return RLFineTuneMaker(**base)
 
@@ -408,11 +409,11 @@ def test_rl_maker_outputs_and_resume(campaign):
     p, _ = resolve_checkpoint(out["checkpoint"], store.additional_stores["blobs"])
     LatentDiffusionGenerator.load(p).generate(3, steps=5)
     # the same job runs again with a larger budget: it continues from step 2
-    out2 = run_rl_finetune(_maker(steps=3), _ctx(store), path)
+    out2 = run_rl_finetune(_maker(max_steps=3), _ctx(store), path)
     assert out2["resumed_from_step"] == 2 and [c["step"] for c in out2["curves"]] == [1, 2, 3]
     assert out2["curves"][:2] == out["curves"]
     # a different job starts from scratch
-    out3 = run_rl_finetune(_maker(steps=1), _ctx(store, "job-2"), path)
+    out3 = run_rl_finetune(_maker(max_steps=1), _ctx(store, "job-2"), path)
     assert out3["resumed_from_step"] == 0 and len(out3["curves"]) == 1
 
 
@@ -420,7 +421,7 @@ def test_rl_maker_through_jobflow(campaign):
     from jobflow import run_locally
 
     store, path = campaign
-    job = _maker(steps=1, checkpoint_every=0).make(path)
+    job = _maker(max_steps=1, checkpoint_every=0).make(path)
     job.update_metadata({"campaign_id": "c1"})
     resp = run_locally(job, store=store, log=False, ensure_success=True)
     out = resp[job.uuid][1].output
@@ -440,6 +441,7 @@ def test_surrogate_maker_property_and_missing(campaign):
     assert sur.property_name == "volume_per_atom"
     # the surrogate plugs into a property reward of an RL run
     rl = run_rl_finetune(_maker(reward=[{"name": "property_target", "property": "vpa",
-                                         "target": 20.0}], steps=1, checkpoint_every=0),
+                                         "target": 20.0}], max_steps=1,
+                                  checkpoint_every=0),
                          _ctx(store, "job-3"), path, surrogates={"vpa": out["surrogate"]})
     assert math.isfinite(rl["curves"][0]["reward/property_target"])

@@ -18,7 +18,9 @@ when its section is present (``hull`` is used with ``screen``)::
                                           # + TrainConfig fields for both stages (batch_size,
                                           # lr, dtype, max_minutes: a run's budget ...)
     checkpoint: /path/to/generator.pt     # instead of pretrain: start from a stored model
-    rl: {steps: 3, group_size: 8, ...}    # RLFineTuneMaker fields
+    rl: {max_steps: 3, group_size: 8, eval_every: 10, select_by: eval/frac_msun, device: auto}
+                                          # GRPOConfig fields (-> RLFineTuneMaker.grpo) and
+                                          # RLFineTuneMaker fields (reward, device ...)
     sample: {n: 200, batch_size: 200, sample_base: true}
     hull: {kind: mlip, mlip: chgnet}
     screen: {mlip: chgnet, k: 5}
@@ -187,6 +189,43 @@ def _pretrain_from_config(pretrain: dict[str, Any], seed: int) -> PretrainMaker:
     return PretrainMaker(vae_maker=vae, ldm_maker=LDMTrainMaker(train=ldm_train, **common))
 
 
+#: Old names of the ``rl`` section, kept for existing configurations: ``{old: GRPOConfig field}``.
+RL_ALIASES = {"steps": "max_steps"}
+
+
+def _rl_from_config(rl: dict[str, Any], seed: int) -> Maker:
+    """Build the :class:`~xtalforge.makers.rl.RLFineTuneMaker` of a campaign's ``rl`` section.
+
+    Each key is either a :class:`~xtalforge.rl.grpo.GRPOConfig` field (``group_size``, ``lr``,
+    ``max_kl``, ``select_by``, ``eval_every`` ...), which goes to the maker's ``grpo``, or a
+    field of the maker itself (``reward``, ``device``, ``checkpoint_every``, ``val_size`` ...).
+    ``steps`` is the old name of ``max_steps``. The campaign ``seed`` is the default ``seed``.
+
+    Raises
+    ------
+    ValueError
+        On a key that is neither (the message names it and lists the allowed keys), or when a
+        field is given under both its name and its alias.
+    """
+    from xtalforge.makers.rl import RLFineTuneMaker
+    from xtalforge.rl.grpo import GRPOConfig
+
+    grpo_keys = {f.name for f in fields(GRPOConfig)}
+    maker_keys = {f.name for f in fields(RLFineTuneMaker) if f.name != "grpo"}
+    r = dict(rl)
+    for old, new in RL_ALIASES.items():
+        if old in r:
+            if new in r:
+                raise ValueError(f"rl settings give both {old!r} and {new!r} (the same field)")
+            r[new] = r.pop(old)
+    unknown = sorted(set(r) - grpo_keys - maker_keys)
+    if unknown:
+        allowed = sorted(grpo_keys | maker_keys | set(RL_ALIASES))
+        raise ValueError(f"unknown rl setting(s) {unknown}; allowed: {allowed}")
+    grpo = GRPOConfig(**{"seed": seed, **{k: v for k, v in r.items() if k in grpo_keys}})
+    return RLFineTuneMaker(grpo=grpo, **{k: v for k, v in r.items() if k in maker_keys})
+
+
 def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
     """Build a :class:`DiscoveryCampaignMaker` from a campaign configuration dict."""
     config = copy.deepcopy(config)
@@ -202,11 +241,7 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
     pretrain = None
     if config.get("pretrain") is not None:
         pretrain = _pretrain_from_config(config["pretrain"], seed)
-    rl = None
-    if config.get("rl") is not None:
-        from xtalforge.makers.rl import RLFineTuneMaker
-
-        rl = RLFineTuneMaker(**{"seed": seed, **config["rl"]})
+    rl = _rl_from_config(config["rl"], seed) if config.get("rl") is not None else None
     sample = None
     sample_base = True
     if config.get("sample") is not None:
@@ -263,7 +298,7 @@ def demo_config(campaign_id: str = "demo", seed: int = 0) -> dict[str, Any]:
             "device": "cpu",
         },
         "rl": {
-            "steps": 3,
+            "max_steps": 3,
             "group_size": 8,
             "num_conditions": 2,
             "lr": 1e-4,

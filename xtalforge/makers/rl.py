@@ -9,7 +9,8 @@
 Chaining (the lead's flow)::
 
     pre = PretrainMaker().make(ingest.output)
-    rl = RLFineTuneMaker(steps=500).make(pre.output["checkpoint"])
+    grpo = GRPOConfig(max_steps=500, eval_every=10, select_by="eval/frac_msun")
+    rl = RLFineTuneMaker(grpo=grpo).make(pre.output["checkpoint"])
     smp = SampleMaker(label="rl").make(rl.output["checkpoint"])
 
     # band-gap target (Note S1)
@@ -34,7 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobflow import Maker, job
 
@@ -43,6 +44,9 @@ from xtalforge.makers.generator import dataset_structures, load_generator, resol
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.config import additional
 from xtalforge.stores.documents import clean_floats, now
+
+if TYPE_CHECKING:
+    from xtalforge.rl.grpo import GRPOConfig
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +76,20 @@ def _doc_property(doc: dict[str, Any], name: str) -> Any:
     return None
 
 
+def _grpo_config() -> GRPOConfig:
+    # imported here: torch loads only when an RL maker is built, not with this module
+    from xtalforge.rl.grpo import GRPOConfig
+
+    return GRPOConfig()
+
+
 @dataclass
 class RLFineTuneMaker(Maker):
     """GRPO fine-tuning of a generator checkpoint against a composite verifiable reward.
+
+    The algorithm's settings live in one nested :class:`~xtalforge.rl.grpo.GRPOConfig`
+    (``grpo``), which the job hands to :class:`~xtalforge.rl.grpo.GRPOTrainer` as it is; the
+    maker's own fields are the reward and the job's plumbing (data, resources, checkpoints).
 
     Parameters
     ----------
@@ -86,15 +101,12 @@ class RLFineTuneMaker(Maker):
     normalize_scope
         Min-max normalisation of each component over the whole ``"batch"`` of a step
         (default, Chemeleon2's code) or per ``"group"``.
-    algorithm
-        ``"grpo"`` or ``"reinforce"`` (ablation: batch-normalised advantages).
-    reference
-        KL reference: ``"pretrained"`` (frozen starting denoiser) or ``"rollout"``.
-    steps
-        Maximum number of RL steps.
-    group_size, num_conditions, clip_eps, kl_weight, kl_estimator, entropy_weight, lr,
-    num_inner_batches, grad_clip, patience, plateau_window, sampling_steps, eta, dtype
-        :class:`~xtalforge.rl.grpo.GRPOConfig` fields (paper defaults).
+    grpo
+        Every setting of the algorithm (:class:`~xtalforge.rl.grpo.GRPOConfig`, paper
+        defaults): ``algorithm``, ``reference``, ``max_steps`` (the run's length), group sizes,
+        optimiser, KL, early stopping and KL guard (``max_kl``), policy selection
+        (``select_by``), the fixed evaluation (``eval_every``) and ``seed``, which also seeds
+        the reference / validation subsets drawn here.
     energy_model
         MLIP spec for the stability reward (``"chgnet"``: offline default).
     hull
@@ -115,30 +127,14 @@ class RLFineTuneMaker(Maker):
         Intermediate checkpoint period (steps) for resuming.
     n_jobs
         Worker processes for matching.
-    seed, device
-        Base seed; ``"auto"``/``"cpu"``/``"cuda"``.
+    device
+        ``"auto"``/``"cpu"``/``"cuda"``.
     """
 
     name: str = "rl fine-tune"
     reward: str | list = "dng"
     normalize_scope: str = "batch"
-    algorithm: str = "grpo"
-    reference: str = "pretrained"
-    steps: int = 1000
-    group_size: int = 64
-    num_conditions: int = 5
-    clip_eps: float = 1e-3
-    kl_weight: float = 1.0
-    kl_estimator: str = "k3"
-    entropy_weight: float = 1e-5
-    lr: float = 1e-5
-    num_inner_batches: int = 2
-    grad_clip: float | None = 1.0
-    patience: int = 500
-    plateau_window: int = 10
-    sampling_steps: int = 50
-    eta: float = 1.0
-    dtype: str = "fp32"
+    grpo: GRPOConfig = field(default_factory=_grpo_config)
     energy_model: str = "chgnet"
     hull: str | dict | None = None
     reference_split: str | None = None
@@ -148,22 +144,7 @@ class RLFineTuneMaker(Maker):
     surrogates: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 10
     n_jobs: int = 1
-    seed: int = 0
     device: str = "auto"
-
-    def grpo_config(self):
-        """Return the :class:`~xtalforge.rl.grpo.GRPOConfig` of this maker."""
-        from xtalforge.rl.grpo import GRPOConfig
-
-        return GRPOConfig(
-            algorithm=self.algorithm, group_size=self.group_size,
-            num_conditions=self.num_conditions, clip_eps=self.clip_eps,
-            kl_weight=self.kl_weight, kl_estimator=self.kl_estimator,
-            entropy_weight=self.entropy_weight, reference=self.reference, lr=self.lr,
-            num_inner_batches=self.num_inner_batches,
-            grad_clip=self.grad_clip, max_steps=self.steps, patience=self.patience,
-            plateau_window=self.plateau_window, sampling_steps=self.sampling_steps,
-            eta=self.eta, dtype=self.dtype, seed=self.seed)
 
     @job(config=store_config(), data="curves")
     def make(self, checkpoint: str | dict[str, Any],
@@ -200,7 +181,7 @@ def _build_resources(maker: RLFineTuneMaker, ctx: JobContext, generator, reward,
     if need & {"unique", "novel", "min_amd_distance", "e_above_hull", "energy_per_atom"}:
         res.reference = ReferenceSet(ref_structs, ids)
     small = [s for s in ref_structs if len(s) <= generator.max_atoms]
-    rng = np.random.default_rng(maker.seed)
+    rng = np.random.default_rng(maker.grpo.seed)
     if len(small) > maker.max_reference_embeddings:
         pick = rng.choice(len(small), maker.max_reference_embeddings, replace=False)
         small = [small[i] for i in sorted(pick)]
@@ -306,7 +287,7 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
     device = resolve_device(maker.device)
     base, parent = load_generator(checkpoint, ctx, device)
     reward = build_reward(maker.reward, normalize_scope=maker.normalize_scope)
-    cfg = maker.grpo_config()
+    cfg = maker.grpo  # every GRPOConfig field reaches the trainer as set
     progress = _load_progress(ctx)
     resumed_from = 0
     if progress:
@@ -331,7 +312,7 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
         if maker.checkpoint_every and tr.step % maker.checkpoint_every == 0:
             _save_progress(tr, maker, ctx, parent)
 
-    trainer.train(maker.steps, callback=callback)
+    trainer.train(cfg.max_steps, callback=callback)
     if trainer.step > resumed_from and (not maker.checkpoint_every
                                         or trainer.step % maker.checkpoint_every):
         _save_progress(trainer, maker, ctx, parent)
