@@ -274,35 +274,45 @@ def cmd_plot(args) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for p in args.results for r in _read_jsonl(Path(p))]
+    ldm = [r for p in args.ldm for r in _read_jsonl(Path(p))]
     runs: dict[str, list] = {}
     for r in rows:
         runs.setdefault(r["tag"], []).append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for r in sorted(ldm, key=lambda r: r["tag"]):
+        st, loss = zip(*[(s, v) for s, v in r["loss_curve"] if s >= 100], strict=True)
+        axes[0].plot(st, loss, label=f"{r['tag']}: DiT {r['dit']} "
+                     f"({r['denoiser_params'] / 1e6:.0f}M), {r['data']} data, "
+                     f"{r['steps']} steps in {r['wall_time_s'] / 60:.1f} min")
+    axes[0].set_ylabel("LDM training loss (ε-MSE, 100-step means)")
     for tag, rs in sorted(runs.items()):
         rs.sort(key=lambda r: r["step"])
         steps = [r["step"] for r in rs]
         lab = f"{tag}: DiT {rs[0]['dit']}, {rs[0]['data']} data"
-        axes[0].plot(steps, [100 * r["metastability"] for r in rs], "o-", label=lab)
-        axes[1].plot(steps, [r["e_hull_median"] for r in rs], "o-", label=lab)
-    for ax, yl in zip(axes, ["metastable (%), E_hull < 0.1 eV/atom", "median E_hull (eV/atom)"],
-                      strict=True):
+        axes[1].plot(steps, [100 * r["metastability"] for r in rs], "o-", label=lab)
+        axes[2].plot(steps, [r["e_hull_median"] for r in rs], "o-", label=lab)
+    axes[1].set_ylabel("metastable (%), E_hull < 0.1 eV/atom")
+    axes[2].set_ylabel("median E_hull (eV/atom)")
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("LDM optimiser steps (batch 512)")
-        ax.set_ylabel(yl)
         ax.grid(alpha=0.3, which="both")
-    axes[0].axhline(32.8, ls="--", c="grey", lw=1)
-    axes[0].text(axes[0].get_xlim()[0], 31, " Chemeleon2 MP-20 base, 32.8%", fontsize=8,
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    axes[1].axhline(32.8, ls="--", c="grey", lw=1)
+    axes[1].text(axes[1].get_xlim()[0], 31.5, " Chemeleon2 MP-20 base: 32.8%", fontsize=8,
                  color="grey", va="top")
-    axes[0].legend(fontsize=8)
     n = rows[0]["n"] if rows else 0
-    fig.suptitle(f"Generator scaling on MP-20: {n} samples per point, DDIM 50, eta 1, "
-                 "CHGNet single points, MP-20 formation hull", fontsize=10)
+    fig.suptitle(f"Generator scaling on MP-20 (17,093 training crystals); samples: {n} per "
+                 "point, DDIM 50, eta 1, EMA; CHGNet single points, MP-20 formation hull",
+                 fontsize=10)
     fig.tight_layout()
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.figure, dpi=130)
+    fig.savefig(args.figure, dpi=120)
     Path(args.json).write_text(json.dumps(
-        {"rows": sorted(rows, key=lambda r: (r["tag"], r["step"]))}, indent=1, default=str))
-    print(f"wrote {args.figure} and {args.json} ({len(rows)} points)")
+        {"screened": sorted(rows, key=lambda r: (r["tag"], r["step"])), "training": ldm},
+        indent=1, default=str))
+    print(f"wrote {args.figure} and {args.json} ({len(rows)} screened points)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -347,7 +357,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tags", default="")
     p.add_argument("--suffix", default="", help="result file suffix (e.g. another MLIP)")
     p = sub.add_parser("plot")
-    p.add_argument("results", nargs="+")
+    p.add_argument("results", nargs="*", help="scaling.jsonl files (screened snapshots)")
+    p.add_argument("--ldm", nargs="*", default=[], help="ldm.jsonl files (loss curves)")
     p.add_argument("--figure", default=str(ROOT / "benchmarks/figures/generator_scaling.png"))
     p.add_argument("--json", default=str(ROOT / "benchmarks/generator_scaling.json"))
     args = ap.parse_args(argv)
