@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         ne = desc[name]["num_elements"]
         share = [(eh[np.minimum(ne, 5) == k] < 0.1).mean() if (np.minimum(ne, 5) == k).any()
                  else 0 for k in range(1, 6)]
-        ax.bar(np.arange(1, 6) + i * w, np.asarray(share) * 100, w, label=name)
+        ax.bar(np.arange(1, 6) + i * w, np.asarray(share) * 100, w, label=name, color=f"C{i}")
     ax.set_xticks(np.arange(1, 6), ["1", "2", "3", "4", "5+"])
     ax.set_title("metastable share (%) by number of elements", fontsize=10)
     fig.suptitle("Generated samples against MP-20 training crystals (samples: DDIM 50, eta 1; "

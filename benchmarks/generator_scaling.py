@@ -299,6 +299,8 @@ def cmd_plot(args) -> None:
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+    axes[1].set_ylim(0, 36)
+    axes[2].set_ylim(bottom=0)
     axes[1].axhline(32.8, ls="--", c="grey", lw=1)
     axes[1].text(axes[1].get_xlim()[0], 31.5, " Chemeleon2 MP-20 base: 32.8%", fontsize=8,
                  color="grey", va="top")
@@ -310,7 +312,8 @@ def cmd_plot(args) -> None:
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.figure, dpi=120)
     Path(args.json).write_text(json.dumps(
-        {"screened": sorted(rows, key=lambda r: (r["tag"], r["step"])), "training": ldm},
+        {"screened": sorted(rows, key=lambda r: (r["tag"], r["step"])), "training": ldm,
+         "vae": [r for p in args.vae for r in _read_jsonl(Path(p))]},
         indent=1, default=str))
     print(f"wrote {args.figure} and {args.json} ({len(rows)} screened points)")
 
@@ -359,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("plot")
     p.add_argument("results", nargs="*", help="scaling.jsonl files (screened snapshots)")
     p.add_argument("--ldm", nargs="*", default=[], help="ldm.jsonl files (loss curves)")
+    p.add_argument("--vae", nargs="*", default=[], help="vae.jsonl files (reconstruction)")
     p.add_argument("--figure", default=str(ROOT / "benchmarks/figures/generator_scaling.png"))
     p.add_argument("--json", default=str(ROOT / "benchmarks/generator_scaling.json"))
     args = ap.parse_args(argv)

@@ -89,6 +89,13 @@ class ReferenceHull:
         Description of how the hull was built (merged into :attr:`convention`).
     max_cache : int
         Max number of cached per-chemical-system phase diagrams.
+    max_elements : int or None
+        Largest chemical system (number of elements) whose hull is built. A convex hull in
+        k dimensions costs time exponential in k (on the MP-20 entries: 2 s for 8 elements,
+        55 s for 9), and an undertrained or collapsed generator proposes compositions of 10
+        and more elements; those queries get NaN with a reason instead of stalling a
+        screening run. The default, 8, covers every MP-20 composition (at most 7 elements).
+        ``None``: no limit.
     """
 
     def __init__(
@@ -100,6 +107,7 @@ class ReferenceHull:
         chemical_potentials: Mapping[str, float] | None = None,
         convention: Mapping[str, Any] | None = None,
         max_cache: int = 50_000,
+        max_elements: int | None = 8,
     ) -> None:
         if energy_kind not in ("total", "formation"):
             raise ValueError("energy_kind must be 'total' or 'formation'")
@@ -119,6 +127,7 @@ class ReferenceHull:
         self.entry_ids = [str(i) for i, k in zip(ids, keep, strict=True) if k]
         self.chemical_potentials = dict(chemical_potentials or {})
         self.max_cache = max_cache
+        self.max_elements = max_elements
         self._by_chemsys: dict[frozenset[str], list[int]] = defaultdict(list)
         for i, c in enumerate(self.compositions):
             self._by_chemsys[frozenset(el.symbol for el in c.elements)].append(i)
@@ -135,6 +144,7 @@ class ReferenceHull:
             "chemical_potentials_source": None,
         }
         conv.update(dict(convention or {}))
+        conv["max_elements"] = max_elements
         conv["n_entries"] = len(self.compositions)
         conv["fingerprint"] = self.fingerprint()
         self.convention: dict[str, Any] = conv
@@ -148,6 +158,7 @@ class ReferenceHull:
         entry_ids: Sequence[str] | None = None,
         chemical_potentials: Mapping[str, float] | None = None,
         convention: Mapping[str, Any] | None = None,
+        max_elements: int | None = 8,
     ) -> ReferenceHull:
         """Hull from a formation-energy table (elemental references at 0 eV/atom).
 
@@ -163,6 +174,8 @@ class ReferenceHull:
             ``mu_a`` of the energy model whose *total* energies will be queried.
         convention : dict, optional
             Extra convention fields (``reference_set``, ``correction`` ...).
+        max_elements : int or None
+            See the class docstring.
         """
         comps = [_comp(c) for c in compositions]
         energies = [float(e) * c.num_atoms for c, e in zip(comps, e_form_per_atom, strict=True)]
@@ -176,7 +189,8 @@ class ReferenceHull:
         ids += [f"element-{el}" for el in elements]
         conv = {"energy_source": "formation-energy table"}
         conv.update(dict(convention or {}))
-        return cls(comps, energies, "formation", ids, chemical_potentials, conv)
+        return cls(comps, energies, "formation", ids, chemical_potentials, conv,
+                   max_elements=max_elements)
 
     @classmethod
     def from_total_energies(
@@ -379,6 +393,9 @@ class ReferenceHull:
         if missing:
             result: PhaseDiagram | str = (
                 f"element(s) {', '.join(missing)} not covered by the reference hull")
+        elif self.max_elements is not None and len(chemsys) > self.max_elements:
+            result = (f"chemical system of {len(chemsys)} elements: hulls are built up to "
+                      f"max_elements={self.max_elements}")
         else:
             idx: list[int] = []
             els = sorted(chemsys)
@@ -509,7 +526,8 @@ class ReferenceHull:
         conv = dict(d.get("convention") or {})
         expected = conv.pop("fingerprint", None)
         hull = cls(d["compositions"], d["energies"], d["energy_kind"], d.get("entry_ids"),
-                   d.get("chemical_potentials"), conv)
+                   d.get("chemical_potentials"), conv,
+                   max_elements=conv.get("max_elements", 8))
         if expected is not None and expected != hull.convention["fingerprint"]:
             logger.warning("hull fingerprint changed on reload (%s -> %s)", expected,
                            hull.convention["fingerprint"])
