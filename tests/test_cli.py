@@ -28,7 +28,7 @@ def _run(args, root, check=True, **kw):
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        # no wall-clock timeout: the demo's run time depends on the machine's load (issue 16)
         **kw,
     )
     if check and p.returncode != 0:

@@ -3,26 +3,103 @@
 Every command takes ``--store`` (a store setting: ``embedded`` (default), ``mongodb://...`` or a
 JobStore YAML file; ``$XTALFORGE_STORE`` too) and ``--root`` (directory of embedded campaigns,
 default ``./xtalforge_campaigns`` or ``$XTALFORGE_HOME``).
+
+A user error (an invalid campaign YAML or store setting, an unknown campaign, structure id,
+column, stage or format ...) ends in one ``error: ...`` line on stderr and exit code 2, without a
+traceback; ``xtalforge --debug COMMAND`` (or ``XTALFORGE_DEBUG=1``, or ``-v`` on ``run``/``demo``)
+shows the traceback instead. A run whose jobs failed exits with code 1 after one line per failed
+job (its name and the exception's type and message).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from xtalforge.cli_dft import register as register_submit
 from xtalforge.reports.cli import register as register_reports
 
+
+class UserError(Exception):
+    """A mistake in the command's input: reported as one line, exit code 2."""
+
+
+class _State:
+    debug = False
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    import yaml
+
+    from xtalforge.flows.campaign import CampaignConfigError
+    from xtalforge.flows.runner import CampaignConfigMismatch
+    from xtalforge.stores.config import StoreConfigError
+
+    kinds: list[type[BaseException]] = [
+        UserError,
+        CampaignConfigError,
+        CampaignConfigMismatch,
+        StoreConfigError,
+        yaml.YAMLError,
+    ]
+    try:
+        from pymongo.errors import ConnectionFailure, ServerSelectionTimeoutError
+
+        kinds += [ServerSelectionTimeoutError, ConnectionFailure]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(kinds)
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        from pymongo.errors import PyMongoError
+    except ImportError:  # pragma: no cover
+        PyMongoError = ()  # noqa: N806
+    text = " ".join(str(exc).split())
+    if PyMongoError and isinstance(exc, PyMongoError):
+        return f"cannot reach the MongoDB server ({type(exc).__name__}: {text[:200]})"
+    return text
+
+
+class _Group(TyperGroup):
+    """Turn user errors raised by any command into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx):  # noqa: D102
+        _State.debug = os.environ.get("XTALFORGE_DEBUG", "") not in ("", "0")
+        try:
+            return super().invoke(ctx)
+        except _user_error_types() as exc:
+            if _State.debug:
+                raise
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     help="RL-guided crystal discovery campaigns on jobflow + atomate2.",
 )
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks of user errors (also: XTALFORGE_DEBUG=1)"
+    ),
+) -> None:
+    """RL-guided crystal discovery campaigns on jobflow + atomate2."""
+    if debug:
+        _State.debug = True
 
 StoreOpt = typer.Option(
     None, "--store", help="Store setting: embedded | mongodb://... | store.yaml"
@@ -48,18 +125,62 @@ def _root(root: Optional[Path]) -> Path:
     return (Path(root) if root else default_root()).resolve()
 
 
-def _run_config(config: dict, store: Optional[str], root: Optional[Path], force: bool) -> dict:
-    from xtalforge.flows.campaign import maker_from_config
+def _results(campaign: Optional[str], store: Optional[str], root: Optional[Path]):
+    """Open a store's results; an unknown ``campaign`` is a :class:`UserError`."""
+    from xtalforge.stores.config import describe_store
+    from xtalforge.stores.provenance import list_campaigns
+    from xtalforge.stores.results import CampaignResults
+
+    res = CampaignResults.open(campaign, store, _root(root))
+    if campaign and not res.has_campaign(campaign):
+        ids = sorted(r["campaign_id"] for r in list_campaigns(res.store))
+        here = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "") if ids else "none"
+        raise UserError(
+            f"campaign {campaign!r} is not in this store ({describe_store(store, _root(root))}); "
+            f"campaigns here: {here}"
+        )
+    return res
+
+
+def _check_stage(stage: Optional[str]) -> None:
+    from xtalforge.stores.documents import STRUCTURE_STAGES
+
+    if stage is not None and stage not in STRUCTURE_STAGES:
+        raise UserError(f"unknown stage {stage!r}; valid stages: {', '.join(STRUCTURE_STAGES)}")
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 0:
+        raise UserError(f"--limit must be 0 (all) or a positive number, got {limit}")
+
+
+def _run_config(
+    config: dict,
+    store: Optional[str],
+    root: Optional[Path],
+    force: bool,
+    source: str = "the campaign configuration",
+) -> dict:
+    from xtalforge.flows.campaign import (
+        CampaignConfigError,
+        check_config,
+        maker_from_config,
+        resolve_local_paths,
+    )
     from xtalforge.flows.runner import run_campaign
     from xtalforge.stores.config import build_job_store, describe_store
 
     root = _root(root)
-    cid = config["campaign_id"]
-    if config.get("report") is not None and not config["report"].get("outdir"):
-        config["report"] = {**config["report"], "outdir": str(root / cid / "report")}
+    try:  # validate everything before the store is touched
+        check_config(config)
+        cid = config["campaign_id"]
+        if config.get("report") is not None and not config["report"].get("outdir"):
+            config["report"] = {**config["report"], "outdir": str(root / cid / "report")}
+        maker = maker_from_config(resolve_local_paths(config))
+    except CampaignConfigError as exc:
+        raise UserError(f"invalid {source}: {exc}") from exc
     job_store = build_job_store(store, root)
     typer.echo(f"campaign {cid!r} -> {describe_store(store, root)}")
-    maker = maker_from_config(config)
     result = run_campaign(
         maker.make,
         cid,
@@ -69,10 +190,17 @@ def _run_config(config: dict, store: Optional[str], root: Optional[Path], force:
         root_dir=root / cid / "runs",
         force_config=force,
     )
+    if result.get("config_replaced"):
+        typer.echo(
+            "the configuration changed and no job of the stored flow had finished: "
+            "the new configuration replaced the stored one"
+        )
     typer.echo(
         f"status: {result['status']}; ran {len(result['ran'])} job(s) {result['ran']}, "
         f"skipped {len(result['skipped'])} finished job(s), failed: {result['failed'] or 'none'}"
     )
+    for name, reason in (result.get("errors") or {}).items():
+        typer.echo(f"failed job {name!r}: {reason}", err=True)
     return result
 
 
@@ -88,6 +216,7 @@ def demo(
     from xtalforge.flows.campaign import demo_config
 
     _setup_logging(verbose)
+    _State.debug = _State.debug or verbose
     result = _run_config(demo_config(campaign_id, seed), store, root, force=False)
     _print_status(campaign_id, store, root)
     from xtalforge.makers.dft import dft_status_line
@@ -111,21 +240,42 @@ def run(
     store: Optional[str] = StoreOpt,
     root: Optional[Path] = RootOpt,
     force_config: bool = typer.Option(
-        False, "--force-config", help="Resume even if the configuration changed"
+        False,
+        "--force-config",
+        help="When the configuration changed and jobs have finished: resume the stored flow "
+        "with the stored configuration (the changes are not applied). Not needed when no job "
+        "has finished: a changed configuration then replaces the stored one.",
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log and show tracebacks"),
 ) -> None:
-    """Run or resume a campaign described by a YAML file (same id = resume)."""
+    """Run or resume a campaign described by a YAML file (same id = resume).
+
+    Unknown keys and wrong types in the YAML are errors (naming the allowed keys), found before
+    anything runs. A failed job is listed with its exception; fix the configuration and run
+    again: while no job has finished, the changed configuration replaces the stored one.
+    """
     import yaml
 
+    from xtalforge.stores.config import yaml_problem
+
     _setup_logging(verbose)
-    config = yaml.safe_load(config_file.read_text()) or {}
+    _State.debug = _State.debug or verbose
+    try:
+        config = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{config_file}: not valid YAML: {yaml_problem(exc)}") from exc
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise UserError(
+            f"{config_file}: a campaign configuration is a mapping (campaign_id: ..., "
+            f"dataset: ...), got {type(config).__name__}"
+        )
     if campaign_id:
         config["campaign_id"] = campaign_id
     if "campaign_id" not in config:
-        typer.echo("the config needs a campaign_id (or pass --campaign-id)", err=True)
-        raise typer.Exit(2)
-    result = _run_config(config, store or config.get("store"), root, force_config)
+        raise UserError(f"{config_file}: the config needs a campaign_id (or pass --campaign-id)")
+    store_setting = store or config.get("store")
+    result = _run_config(config, store_setting, root, force_config, source=str(config_file))
     if result["failed"]:
         raise typer.Exit(1)
 
@@ -133,7 +283,7 @@ def run(
 def _print_status(campaign: Optional[str], store: Optional[str], root: Optional[Path]) -> None:
     from xtalforge.stores.results import CampaignResults
 
-    res = CampaignResults.open(campaign, store, _root(root))
+    res = _results(campaign, store, root)
     recs = res.campaigns()
     if not recs:
         typer.echo("no campaigns in this store")
@@ -150,6 +300,11 @@ def _print_status(campaign: Optional[str], store: Optional[str], root: Optional[
         typer.echo(f"  jobs: {n_done}/{len(st['jobs'])} finished")
         for j in st["jobs"]:
             typer.echo(f"    [{'x' if j['finished'] else ' '}] {j['name']}  ({j['uuid'][:8]})")
+        last = (rec.get("runs") or [{}])[-1]
+        for name, reason in (last.get("errors") or {}).items():
+            typer.echo(f"  last run: job {name!r} failed: {reason}")
+        if last.get("interrupted"):
+            typer.echo(f"  last run interrupted: {last['interrupted']}")
         for stage, c in cres.stage_counts().items():
             typer.echo(
                 f"  structures/{stage}: {c['total']} documents ({c['with_errors']} with errors)"
@@ -207,42 +362,46 @@ def query(
     root: Optional[Path] = RootOpt,
 ) -> None:
     """List structures with their provenance and screening/DFT results."""
-    from xtalforge.stores.results import CampaignResults
-
-    res = CampaignResults.open(campaign, store, _root(root))
-    df = res.candidates(
-        stage=stage,
-        formula=formula,
-        metastable=metastable,
-        stable=stable,
-        novel=novel,
-        msun=msun,
-        valid=valid,
-        sort_by=sort_by,
-        limit=limit or None,
-    )
+    _check_stage(stage)
+    _check_limit(limit)
+    if fmt not in ("table", "csv", "json"):
+        raise UserError(f"--format must be table, csv or json, got {fmt!r}")
+    res = _results(campaign, store, root)
+    try:
+        df = res.candidates(
+            stage=stage,
+            formula=formula,
+            metastable=metastable,
+            stable=stable,
+            novel=novel,
+            msun=msun,
+            valid=valid,
+            sort_by=sort_by,
+            limit=limit or None,
+        )
+    except KeyError as exc:  # sort_by: not a column
+        if not sort_by or sort_by not in str(exc):
+            raise
+        cols = sorted(res.to_dataframe(stage=stage).columns)
+        raise UserError(f"{exc.args[0]}; columns: {', '.join(cols)}") from None
     if df.empty:
         typer.echo("no matching structures")
         return
     cols = columns.split(",") if columns else [c for c in _DEFAULT_COLUMNS if c in df.columns]
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        typer.echo(f"unknown columns {missing}; available: {sorted(df.columns)}", err=True)
-        raise typer.Exit(2)
+        raise UserError(f"unknown columns {missing}; available: {sorted(df.columns)}")
     df = df[cols]
     if fmt == "json":
         text = df.to_json(orient="records", indent=1, default_handler=str)
     elif fmt == "csv":
         text = df.to_csv(index=False)
-    elif fmt == "table":
+    else:
         short = df.copy()
         for c in ("job_uuid",):
             if c in short:
                 short[c] = short[c].map(lambda v: str(v)[:8] if v else v)
         text = short.to_string(index=False, max_colwidth=40)
-    else:
-        typer.echo("--format must be table, csv or json", err=True)
-        raise typer.Exit(2)
     if output:
         output.write_text(text)
         typer.echo(f"wrote {len(df)} rows to {output}")
@@ -257,10 +416,13 @@ def history(
     root: Optional[Path] = RootOpt,
 ) -> None:
     """Print one structure's whole history (documents, jobs, checkpoints) as JSON."""
-    from xtalforge.stores.results import CampaignResults
-
-    res = CampaignResults.open(None, store, _root(root))
-    h = res.history(structure_id)
+    res = _results(None, store, root)
+    try:
+        h = res.history(structure_id)
+    except KeyError:
+        raise UserError(
+            f"no structure {structure_id!r} in this store (list ids with xtalforge query)"
+        ) from None
     for d in h["documents"]:
         d.pop("structure", None)
     typer.echo(json.dumps(h, indent=1, default=str))
@@ -282,9 +444,12 @@ def export(
 ) -> None:
     """Export structures as CIF files or one extxyz file (ids and results kept as metadata)."""
     from xtalforge.reports.export import export_structures
-    from xtalforge.stores.results import CampaignResults
 
-    res = CampaignResults.open(campaign, store, _root(root))
+    if fmt not in ("cif", "extxyz"):
+        raise UserError(f"--format must be cif or extxyz, got {fmt!r}")
+    _check_stage(stage)
+    _check_limit(limit)
+    res = _results(campaign, store, root)
     df = res.candidates(
         stage=stage,
         formula=formula,

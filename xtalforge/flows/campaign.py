@@ -26,13 +26,25 @@ when its section is present (``hull`` is used with ``screen``)::
     screen: {mlip: chgnet, k: 5}
     dft: {k: 3}                           # DFTValidationMaker fields
     report: {}                            # ReportMaker fields
+
+:func:`maker_from_config` validates the configuration before building anything: an unknown key
+(top level or inside a section) or a value of the wrong type raises :class:`CampaignConfigError`,
+whose message names the key and lists the allowed ones (``TOP_LEVEL_KEYS`` at the top level, the
+fields of the section's maker otherwise). A numeric string given for a float setting (YAML reads
+``1e-4`` as a string) is converted.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from jobflow import Flow, Maker
@@ -42,6 +54,35 @@ from xtalforge.makers.ingest import IngestDatasetMaker
 from xtalforge.makers.screening import HullMaker, ScreenMaker
 
 logger = logging.getLogger(__name__)
+
+#: Keys allowed at the top level of a campaign configuration (``remote`` is read by
+#: ``xtalforge submit``, ``store`` by ``xtalforge run``).
+TOP_LEVEL_KEYS = (
+    "campaign_id",
+    "name",
+    "seed",
+    "store",
+    "remote",
+    "dataset",
+    "reference",
+    "pretrain",
+    "checkpoint",
+    "rl",
+    "sample",
+    "hull",
+    "screen",
+    "dft",
+    "report",
+)
+
+#: Sections whose value is a mapping of settings (or null).
+SECTION_KEYS = ("remote", "dataset", "reference", "pretrain", "rl", "sample", "hull", "screen",
+                "dft", "report")
+
+
+class CampaignConfigError(ValueError):
+    """An invalid campaign configuration: an unknown key, a wrong type or a missing file."""
+
 
 GPU_STAGES = (
     "train vae",
@@ -165,6 +206,211 @@ class DiscoveryCampaignMaker(Maker):
         return Flow(jobs, output=outputs, name=self.name)
 
 
+def _field_types(cls: type) -> dict[str, Any]:
+    """Return the resolved type annotations of a dataclass's fields (unresolvable ones left out)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - names imported only for type checking: field by field
+        ns = dict(vars(sys.modules[cls.__module__]))
+        out = {}
+        for f in fields(cls):
+            ann = f.type
+            if isinstance(ann, str):
+                try:
+                    ann = eval(ann, ns)  # the class's own annotation, as get_type_hints does
+                except Exception:  # noqa: BLE001
+                    continue
+            out[f.name] = ann
+        return out
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false",
+                "dict": "a mapping", "list": "a list", "tuple": "a list"}.get(
+            tp.__name__, tp.__name__)
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any) -> tuple[bool, Any]:
+    """Return ``(ok, value)``: whether ``value`` fits the annotation ``tp`` (value converted)."""
+    if tp is None or tp is Any:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _coerce(arg, value)
+            if ok:
+                return True, v
+        return False, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, value
+        if isinstance(value, str):
+            try:
+                return True, float(value)  # YAML 1.1 reads 1e-4 as a string
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    base = origin or tp
+    if base in (list, tuple):
+        return isinstance(value, (list, tuple)), value
+    if base is dict:
+        return isinstance(value, Mapping), value
+    return True, value  # anything richer (a maker, a config object ...) is checked by its class
+
+
+def check_settings(
+    section: str,
+    settings: Any,
+    classes: tuple[type, ...],
+    extra: Mapping[str, Any] | None = None,
+    exclude: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Validate one section's settings against the fields of ``classes``; return a checked copy.
+
+    Parameters
+    ----------
+    section
+        The section's name, for messages (``dataset``, ``rl`` ...).
+    settings
+        The section's value (a mapping, or ``None`` for no settings).
+    classes
+        Dataclasses whose fields are the allowed keys (and give their types).
+    extra
+        Further allowed keys, ``{key: type}``.
+    exclude
+        Fields of ``classes`` that the section may not set (set by the campaign itself).
+
+    Raises
+    ------
+    CampaignConfigError
+        When the section is not a mapping, has an unknown key (the message lists the allowed
+        ones) or a value of the wrong type.
+    """
+    if settings is None:
+        return {}
+    if not isinstance(settings, Mapping):
+        raise CampaignConfigError(
+            f"{section}: expected a mapping of settings (key: value), got {settings!r}"
+        )
+    allowed: dict[str, Any] = {}
+    for cls in classes:
+        hints = _field_types(cls)
+        for f in fields(cls):
+            if f.init and f.name not in exclude:
+                allowed.setdefault(f.name, hints.get(f.name))
+    allowed.update(extra or {})
+    unknown = sorted(set(settings) - set(allowed), key=str)
+    if unknown:
+        raise CampaignConfigError(
+            f"unknown {section} settings {unknown}; allowed: {sorted(allowed)}"
+        )
+    out = {}
+    for key, value in settings.items():
+        ok, out[key] = _coerce(allowed[key], value)
+        if not ok:
+            raise CampaignConfigError(
+                f"{section}.{key}: expected {_type_name(allowed[key])}, got {value!r}"
+            )
+    return out
+
+
+def check_config(config: Any) -> None:
+    """Validate the top level of a campaign configuration (keys, section and scalar types).
+
+    Raises
+    ------
+    CampaignConfigError
+        On an unknown top-level key (the message lists :data:`TOP_LEVEL_KEYS`), a section that
+        is not a mapping, or a ``campaign_id``/``name``/``seed``/``store`` of the wrong type.
+    """
+    if not isinstance(config, Mapping):
+        raise CampaignConfigError(
+            f"a campaign configuration is a mapping of keys ({', '.join(TOP_LEVEL_KEYS)}), "
+            f"got {type(config).__name__}"
+        )
+    unknown = sorted(set(config) - set(TOP_LEVEL_KEYS), key=str)
+    if unknown:
+        raise CampaignConfigError(
+            f"unknown top-level key(s) {unknown} in the campaign configuration; allowed: "
+            f"{list(TOP_LEVEL_KEYS)}"
+        )
+    for key in SECTION_KEYS:
+        if config.get(key) is not None and not isinstance(config[key], Mapping):
+            raise CampaignConfigError(
+                f"{key}: expected a mapping of settings (key: value), got {config[key]!r}"
+            )
+    scalars = {"campaign_id": str, "name": str, "seed": int, "store": str | None,
+               "checkpoint": str | dict | None}
+    for key, tp in scalars.items():
+        if key in config and not _coerce(tp, config[key])[0]:
+            raise CampaignConfigError(f"{key}: expected {_type_name(tp)}, got {config[key]!r}")
+
+
+@contextmanager
+def _section(name: str):
+    """Turn a maker's own validation error (``TypeError``/``ValueError``) into a config error."""
+    try:
+        yield
+    except CampaignConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CampaignConfigError(f"{name}: {exc}") from exc
+
+
+def _local_path(source: str) -> tuple[str, Path] | None:
+    """Return ``(prefix, path)`` of a dataset source naming a local file or folder."""
+    if source == "demo":
+        return None
+    if source.startswith("mp20:"):
+        return "mp20:", Path(source.removeprefix("mp20:")).expanduser()
+    return "", Path(source).expanduser()
+
+
+def resolve_local_paths(config: dict[str, Any], base: str | Path | None = None) -> dict[str, Any]:
+    """Return a copy of ``config`` whose dataset sources are absolute; raise if one is missing.
+
+    Jobs run in their own folders, so a relative ``dataset``/``reference`` ``source`` is made
+    absolute against ``base`` (default: the current directory) before the flow is built. Used
+    by ``xtalforge run`` (local execution); a configuration for a cluster keeps its paths.
+
+    Raises
+    ------
+    CampaignConfigError
+        When a source file (or ``mp20:`` folder) does not exist.
+    """
+    config = copy.deepcopy(config)
+    base = Path(base) if base is not None else Path.cwd()
+    for section in ("dataset", "reference"):
+        sec = config.get(section)
+        if not isinstance(sec, dict) or not isinstance(sec.get("source"), str):
+            continue
+        found = _local_path(sec["source"])
+        if found is None:
+            continue
+        prefix, path = found
+        path = path if path.is_absolute() else (base / path)
+        if not path.exists():
+            raise CampaignConfigError(f"{section}.source: not found: {path}")
+        sec["source"] = prefix + str(path.resolve())
+    return config
+
+
 def _pretrain_from_config(pretrain: dict[str, Any], seed: int) -> PretrainMaker:
     """Build the :class:`PretrainMaker` of a campaign's ``pretrain`` section.
 
@@ -175,7 +421,13 @@ def _pretrain_from_config(pretrain: dict[str, Any], seed: int) -> PretrainMaker:
     """
     from xtalforge.models.training import TrainConfig
 
-    p = dict(pretrain)
+    p = check_settings(
+        "pretrain",
+        pretrain,
+        (TrainConfig, VAETrainMaker),
+        extra={"vae_steps": int, "ldm_steps": int},
+        exclude=("name", "steps", "seed", "train"),
+    )
     train_keys = {f.name for f in fields(TrainConfig)} - {"steps", "seed"}
     train = {k: p.pop(k) for k in sorted(train_keys) if k in p}
     common = {k: p.pop(k) for k in ("device", "split") if k in p}
@@ -185,7 +437,7 @@ def _pretrain_from_config(pretrain: dict[str, Any], seed: int) -> PretrainMaker:
         model=p.pop("model", "tiny"), max_atoms=p.pop("max_atoms", 20), train=vae_train, **common
     )
     if p:
-        raise ValueError(f"unknown pretrain settings: {sorted(p)}")
+        raise CampaignConfigError(f"unknown pretrain settings: {sorted(p)}")
     return PretrainMaker(vae_maker=vae, ldm_maker=LDMTrainMaker(train=ldm_train, **common))
 
 
@@ -203,36 +455,55 @@ def _rl_from_config(rl: dict[str, Any], seed: int) -> Maker:
 
     Raises
     ------
-    ValueError
-        On a key that is neither (the message names it and lists the allowed keys), or when a
-        field is given under both its name and its alias.
+    CampaignConfigError
+        On a key that is neither (the message names it and lists the allowed keys), a value of
+        the wrong type, or when a field is given under both its name and its alias.
     """
     from xtalforge.makers.rl import RLFineTuneMaker
     from xtalforge.rl.grpo import GRPOConfig
 
     grpo_keys = {f.name for f in fields(GRPOConfig)}
     maker_keys = {f.name for f in fields(RLFineTuneMaker) if f.name != "grpo"}
+    if not isinstance(rl, Mapping):
+        raise CampaignConfigError(f"rl: expected a mapping of settings (key: value), got {rl!r}")
     r = dict(rl)
     for old, new in RL_ALIASES.items():
         if old in r:
             if new in r:
-                raise ValueError(f"rl settings give both {old!r} and {new!r} (the same field)")
+                raise CampaignConfigError(
+                    f"rl settings give both {old!r} and {new!r} (the same field)"
+                )
             r[new] = r.pop(old)
-    unknown = sorted(set(r) - grpo_keys - maker_keys)
+    unknown = sorted(set(r) - grpo_keys - maker_keys, key=str)
     if unknown:
         allowed = sorted(grpo_keys | maker_keys | set(RL_ALIASES))
-        raise ValueError(f"unknown rl setting(s) {unknown}; allowed: {allowed}")
+        raise CampaignConfigError(f"unknown rl settings {unknown}; allowed: {allowed}")
+    r = check_settings("rl", r, (GRPOConfig, RLFineTuneMaker), exclude=("name", "grpo"))
     grpo = GRPOConfig(**{"seed": seed, **{k: v for k, v in r.items() if k in grpo_keys}})
     return RLFineTuneMaker(grpo=grpo, **{k: v for k, v in r.items() if k in maker_keys})
 
 
 def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
-    """Build a :class:`DiscoveryCampaignMaker` from a campaign configuration dict."""
+    """Build a :class:`DiscoveryCampaignMaker` from a campaign configuration dict.
+
+    Raises
+    ------
+    CampaignConfigError
+        On an unknown key (top level or in a section; the message lists the allowed ones) or a
+        value of the wrong type; nothing is built then.
+    """
+    check_config(config)
     config = copy.deepcopy(config)
     seed = int(config.get("seed", 0))
-    ds = config.get("dataset") or {"source": "demo"}
-    ingest = IngestDatasetMaker(name="ingest dataset", split=ds.pop("split", "train"), **ds)
-    ref_cfg = config.get("reference")
+    ds = check_settings(
+        "dataset", config.get("dataset") or {"source": "demo"}, (IngestDatasetMaker,),
+        exclude=("name",),
+    )
+    with _section("dataset"):
+        ingest = IngestDatasetMaker(name="ingest dataset", split=ds.pop("split", "train"), **ds)
+    ref_cfg = check_settings(
+        "reference", config.get("reference"), (IngestDatasetMaker,), exclude=("name",)
+    )
     ref = None
     if ref_cfg:
         ref = IngestDatasetMaker(
@@ -240,27 +511,42 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
         )
     pretrain = None
     if config.get("pretrain") is not None:
-        pretrain = _pretrain_from_config(config["pretrain"], seed)
-    rl = _rl_from_config(config["rl"], seed) if config.get("rl") is not None else None
+        with _section("pretrain"):
+            pretrain = _pretrain_from_config(config["pretrain"], seed)
+    rl = None
+    if config.get("rl") is not None:
+        with _section("rl"):
+            rl = _rl_from_config(config["rl"], seed)
     sample = None
     sample_base = True
     if config.get("sample") is not None:
-        s = dict(config["sample"])
+        s = check_settings(
+            "sample", config["sample"], (SampleMaker,), extra={"sample_base": bool}
+        )
         sample_base = s.pop("sample_base", True)
-        sample = SampleMaker(**{"seed": seed, **s})
-    screen = ScreenMaker(**config["screen"]) if config.get("screen") is not None else None
+        with _section("sample"):
+            sample = SampleMaker(**{"seed": seed, **s})
+    screen = None
+    if config.get("screen") is not None:
+        with _section("screen"):
+            screen = ScreenMaker(**check_settings("screen", config["screen"], (ScreenMaker,)))
     needs_hull = screen is not None or config.get("rl") is not None
-    hull = HullMaker(**(config.get("hull") or {})) if needs_hull else None
+    hull = None
+    if needs_hull:
+        with _section("hull"):
+            hull = HullMaker(**check_settings("hull", config.get("hull"), (HullMaker,)))
     dft = None
     if config.get("dft") is not None:
         from xtalforge.makers.dft import dft_maker_from_config
 
-        dft = dft_maker_from_config(config["dft"])
+        with _section("dft"):
+            dft = dft_maker_from_config(config["dft"])
     report = None
     if config.get("report") is not None:
         from xtalforge.makers.report import ReportMaker
 
-        report = ReportMaker(**config["report"])
+        with _section("report"):
+            report = ReportMaker(**check_settings("report", config["report"], (ReportMaker,)))
     return DiscoveryCampaignMaker(
         name=config.get("name", "discovery campaign"),
         ingest=ingest,

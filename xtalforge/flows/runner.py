@@ -13,6 +13,17 @@ scripts:
    job interrupted midway and run again replaces its partial documents instead of duplicating
    them (and ingestion/sampling skip what is already stored).
 
+A job that raises is caught by jobflow (the rest of the flow goes on); :func:`run_campaign`
+records each failed job's exception (type, message, where it was raised) in the run entry of the
+campaign record (``runs[-1]["errors"]``: ``{job name: "Type: message"}`` and
+``runs[-1]["error_details"]``), and jobs not run because a job they need failed say so.
+
+A changed configuration under an existing campaign id is refused
+(:class:`CampaignConfigMismatch`) once a job of the stored flow has finished; while none has (a
+first run that failed on its inputs), the new configuration and its flow replace the stored ones
+(the replacement is recorded in the run entry, ``config_replaced``) and the failed jobs' partial
+documents are removed.
+
 A dynamic job that replaced itself (``Response(replace=...)``) counts as finished only once the
 output at its highest index is a real one, not another replacement (a training stopped by its run
 budget may replace itself several times). Before a rerun, outputs at index > 1 of unfinished jobs
@@ -24,7 +35,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +95,27 @@ def completed_uuids(store: JobStore, uuids: list[str]) -> set[str]:
     return done
 
 
+def _dataset_fingerprints(store: JobStore, jobs: list[Job]) -> dict[str, Any]:
+    """Fingerprints of the datasets that finished ingest jobs loaded, by job name.
+
+    An ingest output carries its dataset's ``name``, ``path`` and ``fingerprint`` (and, for the
+    project's MP-20 split, a ``dataset_description`` with file and held-out-ids hashes).
+    """
+    out: dict[str, Any] = {}
+    if not jobs:
+        return out
+    docs = store.query({"uuid": {"$in": [j.uuid for j in jobs]}},
+                       properties=["uuid", "index", "output"])
+    names = {j.uuid: j.name for j in jobs}
+    for d in docs:
+        o = d.get("output")
+        if isinstance(o, dict) and o.get("fingerprint") and "n_accepted" in o:
+            out[names[d["uuid"]]] = {k: o.get(k) for k in (
+                "name", "path", "fingerprint", "n_accepted", "n_rejected", "split",
+                "n_heldout", "dataset_description") if o.get(k) is not None}
+    return out
+
+
 def clear_replacements(store: JobStore, uuids: list[str]) -> int:
     """Delete the stored outputs of index > 1 of jobs about to run again; return how many.
 
@@ -97,6 +132,134 @@ def clear_replacements(store: JobStore, uuids: list[str]) -> int:
     return n
 
 
+def one_line_reason(exc: BaseException, limit: int = 500) -> str:
+    """Return ``"ExceptionType: first line of the message"`` (at most ``limit`` characters)."""
+    msg = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc
+    lines = [ln.strip() for ln in str(msg).strip().splitlines() if ln.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _where(exc: BaseException) -> str | None:
+    """Return ``file:line in function`` of the innermost frame of an exception."""
+    tb = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else None
+    if not tb:
+        return None
+    fr = tb[-1]
+    return f"{fr.filename}:{fr.lineno} in {fr.name}"
+
+
+class _JobFailureRecorder(logging.Filter):
+    """Record the exceptions that ``run_locally`` catches, through its own log record.
+
+    jobflow's local manager catches a failing job's exception and logs it (``logger.info`` in
+    its ``except`` block) on the ``jobflow.managers.local`` logger. This filter, attached to that
+    logger for the duration of one run, reads the exception being handled (``sys.exc_info()``)
+    and the failing job (``jobflow.CURRENT_JOB``) when that record is emitted. Records below the
+    logger's original level are dropped again, so the output is what it would have been.
+    """
+
+    def __init__(self, threshold: int) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.failures: dict[str, dict[str, Any]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            from jobflow import CURRENT_JOB
+
+            job = getattr(CURRENT_JOB, "job", None)
+            uuid = getattr(job, "uuid", None) or f"unknown-{len(self.failures)}"
+            self.failures[uuid] = {
+                "name": getattr(job, "name", None),
+                "index": getattr(job, "index", None),
+                "type": type(exc).__name__,
+                "message": str(exc)[:4000],
+                "reason": one_line_reason(exc),
+                "where": _where(exc),
+            }
+        return record.levelno >= self.threshold
+
+
+@contextmanager
+def _record_job_failures():
+    """Yield a :class:`_JobFailureRecorder` listening to jobflow's local manager."""
+    jf_logger = logging.getLogger("jobflow.managers.local")
+    threshold = jf_logger.getEffectiveLevel()
+    level = jf_logger.level
+    recorder = _JobFailureRecorder(threshold)
+    jf_logger.addFilter(recorder)
+    if threshold > logging.INFO:
+        jf_logger.setLevel(logging.INFO)  # the failure record is an INFO record
+    try:
+        yield recorder
+    finally:
+        jf_logger.removeFilter(recorder)
+        jf_logger.setLevel(level)
+
+
+def _failure_reasons(
+    failed: list[Job], sub: Flow, recorded: dict[str, dict[str, Any]], store: JobStore
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Return ``({job name: reason}, details)`` for the jobs of this run that did not finish."""
+    errors: dict[str, str] = {}
+    details: list[dict[str, Any]] = []
+    names = {j.uuid: j.name for j in failed}
+    raised = {u for u in recorded if u in names}
+    # failures of jobs created at run time (a replacement flow's jobs, other uuids)
+    added = {u: info for u, info in recorded.items() if u not in names}
+    try:
+        graph = sub.graph
+    except Exception:  # noqa: BLE001 - the graph only improves the message
+        graph = None
+    for j in failed:
+        info = recorded.get(j.uuid)
+        if info is not None:
+            entry = {"name": j.name, "uuid": j.uuid, **{k: v for k, v in info.items()
+                                                      if k != "name"}}
+        else:
+            upstream: list[str] = []
+            if graph is not None and j.uuid in graph:
+                import networkx as nx
+
+                upstream = sorted(names[u] for u in nx.ancestors(graph, j.uuid) & raised)
+            if upstream:
+                reason = f"not run: it needs the output of failed job(s) {upstream}"
+            elif added:
+                first = next(iter(added.values()))
+                reason = (
+                    f"{len(added)} job(s) it added at run time failed, e.g. "
+                    f"{first['name']!r}: {first['reason']}"
+                )
+            elif store.docs_store.count({"uuid": j.uuid}):
+                reason = "its replacement did not finish; run again to continue"
+            else:
+                reason = "not run (see the log with --verbose)"
+            entry = {"name": j.name, "uuid": j.uuid, "type": None, "reason": reason}
+        errors[j.name] = entry["reason"]
+        details.append(entry)
+    for uuid, info in added.items():
+        details.append({"uuid": uuid, "added_at_run_time": True, **info})
+    return errors, details
+
+
+def _discard_unfinished(store: JobStore, uuids: list[str]) -> dict[str, int]:
+    """Remove the job documents and structure documents written by unfinished jobs."""
+    from xtalforge.stores.config import additional
+
+    crit = {"uuid": {"$in": list(uuids)}}
+    n_jobs = store.docs_store.count(crit)
+    if n_jobs:
+        store.docs_store.remove_docs(crit)
+    structures = additional(store, "structures")
+    scrit = {"job_uuid": {"$in": list(uuids)}}
+    n_docs = structures.count(scrit)
+    if n_docs:
+        structures.remove_docs(scrit)
+    return {"job_documents": n_jobs, "structure_documents": n_docs}
+
+
 def run_campaign(
     flow_factory,
     campaign_id: str,
@@ -111,40 +274,77 @@ def run_campaign(
     Parameters
     ----------
     flow_factory
-        A :class:`jobflow.Flow` or a zero-argument callable returning one; only used the first
-        time a campaign id is run (later runs use the stored graph).
+        A :class:`jobflow.Flow` or a zero-argument callable returning one; used the first
+        time a campaign id is run (later runs use the stored graph) and when a changed
+        configuration replaces a stored flow none of whose jobs finished.
     campaign_id
         Campaign identifier.
     store
         The campaign's JobStore (see :func:`xtalforge.stores.build_job_store`).
     config
-        Campaign configuration recorded in the provenance record; a later run with a different
-        configuration raises :class:`CampaignConfigMismatch` unless ``force_config``.
+        Campaign configuration recorded in the provenance record. A later run with a different
+        configuration replaces the stored configuration and flow when no job of the stored flow
+        has finished; otherwise it raises :class:`CampaignConfigMismatch` unless
+        ``force_config``.
     seeds
         Random seeds recorded in the provenance record.
     root_dir
         Directory where jobs run (``run_locally(create_folders=True)``).
     force_config
-        Resume even if the configuration changed (the stored flow is still used).
+        Resume the stored flow even though the configuration changed and jobs have finished:
+        the stored configuration and flow are used, the changes are not applied.
 
     Returns
     -------
     dict
-        ``{"campaign_id", "ran", "skipped", "failed", "status"}`` (job uuids and names).
+        ``{"campaign_id", "status", "ran", "skipped", "failed", "n_jobs", ...}`` (job names) and,
+        when jobs failed, ``"errors"`` (``{job name: "Type: message"}``) and
+        ``"error_details"``; the same run entry is stored in the campaign record.
     """
     config = dict(config or {})
     store.connect()
     record = get_campaign(store, campaign_id)
+    replaced: dict[str, Any] | None = None
     if record is not None and record.get("flow"):
-        old_fp = fingerprint_json(record.get("config", {}))
-        if old_fp != fingerprint_json(config) and not force_config:
-            raise CampaignConfigMismatch(
-                f"campaign {campaign_id!r} exists with a different configuration; use a new "
-                "campaign id, or force_config=True (--force-config) to resume the stored flow"
-            )
         flow = Flow.from_dict(record["flow"])
-        logger.info("resuming campaign %s from its stored flow graph", campaign_id)
-    else:
+        old_config = record.get("config", {})
+        if fingerprint_json(old_config) != fingerprint_json(config):
+            stored_jobs = list(iter_jobs(flow))
+            finished = completed_uuids(store, [j.uuid for j in stored_jobs])
+            if not finished:
+                removed = _discard_unfinished(store, [j.uuid for j in stored_jobs])
+                logger.warning(
+                    "campaign %s: the configuration changed and no job of the stored flow had "
+                    "finished: the new configuration and its flow replace the stored ones "
+                    "(removed %d job and %d structure documents of the unfinished jobs)",
+                    campaign_id,
+                    removed["job_documents"],
+                    removed["structure_documents"],
+                )
+                replaced = {
+                    "at": now(),
+                    "reason": "configuration changed; no job of the stored flow had finished",
+                    "previous_config": old_config,
+                    "previous_config_fingerprint": fingerprint_json(old_config),
+                    "removed": removed,
+                }
+            elif not force_config:
+                done_names = sorted(j.name for j in stored_jobs if j.uuid in finished)
+                raise CampaignConfigMismatch(
+                    f"campaign {campaign_id!r} exists with a different configuration and "
+                    f"{len(finished)} finished job(s) {done_names}; use a new campaign id, or "
+                    "--force-config (force_config=True) to resume the stored flow with the "
+                    "stored configuration (the changes are not applied)"
+                )
+            else:
+                logger.warning(
+                    "campaign %s: the configuration changed; force_config resumes the stored "
+                    "flow with the stored configuration (the changes are not applied)",
+                    campaign_id,
+                )
+        if replaced is None:
+            logger.info("resuming campaign %s from its stored flow graph", campaign_id)
+    if record is None or not record.get("flow") or replaced is not None:
         flow = flow_factory() if callable(flow_factory) else flow_factory
         if isinstance(flow, Job):
             flow = Flow([flow], name=flow.name)
@@ -154,9 +354,13 @@ def run_campaign(
             for key in ("dataset_fingerprint",):
                 if key in j.metadata:
                     fps[j.name] = j.metadata[key]
-        record = new_campaign_record(
+        new = new_campaign_record(
             campaign_id, config, flow.to_json(), seeds=seeds, dataset_fingerprints=fps
         )
+        if record is not None:  # a replaced configuration keeps the campaign's history
+            new["created_at"] = record.get("created_at", new["created_at"])
+            new["runs"] = list(record.get("runs", []))
+        record = new
         upsert_campaign(store, record)
     jobs = list(iter_jobs(flow))
     done = completed_uuids(store, [j.uuid for j in jobs])
@@ -167,6 +371,8 @@ def run_campaign(
         "pid": os.getpid(),
         "skipped": sorted(j.name for j in jobs if j.uuid in done),
     }
+    if replaced is not None:
+        run_entry["config_replaced"] = replaced
     logger.info(
         "campaign %s: %d jobs, %d already finished, %d to run",
         campaign_id,
@@ -178,6 +384,8 @@ def run_campaign(
     record.setdefault("runs", []).append(run_entry)
     upsert_campaign(store, record)
     failed: list[str] = []
+    errors: dict[str, str] = {}
+    details: list[dict[str, Any]] = []
     if remaining:
         for j in remaining:
             j.hosts = []
@@ -189,16 +397,37 @@ def run_campaign(
         root = Path(root_dir) if root_dir else None
         if root:
             root.mkdir(parents=True, exist_ok=True)
-        run_locally(
-            sub,
-            store=store,
-            root_dir=root,
-            create_folders=root is not None,
-            allow_external_references=True,
-            log=False,
-        )
+        try:
+            with _record_job_failures() as recorder:
+                run_locally(
+                    sub,
+                    store=store,
+                    root_dir=root,
+                    create_folders=root is not None,
+                    allow_external_references=True,
+                    log=False,
+                )
+        except BaseException as exc:  # interrupted or jobflow itself failed: record, re-raise
+            run_entry.update(
+                {
+                    "finished_at": now(),
+                    "interrupted": one_line_reason(exc),
+                    "ran": [],
+                    "failed": [],
+                }
+            )
+            record["status"] = "interrupted"
+            record["runs"][-1] = run_entry
+            try:
+                upsert_campaign(store, record)
+            except Exception:  # noqa: BLE001 - keep the original exception
+                logger.exception("campaign %s: could not record the interruption", campaign_id)
+            raise
         now_done = completed_uuids(store, [j.uuid for j in jobs])
-        failed = [j.name for j in remaining if j.uuid not in now_done]
+        failed_jobs = [j for j in remaining if j.uuid not in now_done]
+        failed = [j.name for j in failed_jobs]
+        if failed_jobs:
+            errors, details = _failure_reasons(failed_jobs, sub, recorder.failures, store)
         done = now_done
     run_entry.update(
         {
@@ -207,11 +436,16 @@ def run_campaign(
             "failed": failed,
         }
     )
+    if errors:
+        run_entry["errors"] = errors
+        run_entry["error_details"] = details
     record["status"] = "completed" if len(done) == len(jobs) else "incomplete"
     record["runs"][-1] = run_entry
+    record.setdefault("dataset_fingerprints", {}).update(
+        _dataset_fingerprints(store, [j for j in jobs if j.uuid in done]))
     upsert_campaign(store, record)
-    if failed:
-        logger.error("campaign %s: jobs did not finish: %s", campaign_id, failed)
+    for name, reason in errors.items():
+        logger.error("campaign %s: job %r did not finish: %s", campaign_id, name, reason)
     return {
         "campaign_id": campaign_id,
         "status": record["status"],

@@ -147,10 +147,16 @@ class IngestDatasetMaker(Maker):
             written,
             len(done),
         )
+        description = None
+        if self.source.startswith("mp20:"):
+            from xtalforge.data.mp20 import mp20_split_fingerprint
+
+            description = mp20_split_fingerprint(self.source.removeprefix("mp20:"))
         return {
             **summary,
             "split": self.split,
             "n_heldout": sum(e.source_id in held for e in report.entries),
+            "dataset_description": description,
             "campaign_id": ctx.campaign_id,
             "written": written,
             "already_stored": len(done & {d["doc_id"] for d in docs}),

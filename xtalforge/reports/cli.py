@@ -27,6 +27,30 @@ def _root(root: Optional[Path]) -> Path:
     return (Path(root) if root else default_root()).resolve()
 
 
+def _open(campaign: Optional[str], store: Optional[str], root: Optional[Path]):
+    """Open a store's results; exit with code 2 and one line when the campaign is not there."""
+    from xtalforge.stores.config import additional
+    from xtalforge.stores.documents import find
+    from xtalforge.stores.provenance import list_campaigns
+    from xtalforge.stores.results import CampaignResults
+
+    res = CampaignResults.open(campaign, store, _root(root))
+    ids = sorted(r["campaign_id"] for r in list_campaigns(res.store))
+    if campaign and not res.has_campaign(campaign):
+        typer.echo(
+            f"error: campaign {campaign!r} is not in this store; campaigns here: "
+            f"{', '.join(ids) or 'none'}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if not campaign and not ids and not find(
+        additional(res.store, "structures"), {}, properties=["doc_id"], limit=1
+    ):
+        typer.echo("error: no campaigns in this store (pass --store/--root?)", err=True)
+        raise typer.Exit(2)
+    return res
+
+
 def _window(text: Optional[str]) -> Optional[tuple[float, float]]:
     if not text:
         return None
@@ -64,14 +88,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print (or write) one validation table of a campaign."""
         from xtalforge.reports.tables import build_table
-        from xtalforge.stores.results import CampaignResults
 
         key = name.lower().replace("_", "-")
         if key not in TABLES:
-            typer.echo(f"unknown table {name!r}; choose from {', '.join(TABLES)}", err=True)
+            typer.echo(f"error: unknown table {name!r}; choose from {', '.join(TABLES)}", err=True)
             raise typer.Exit(2)
         if fmt.lower() not in ("markdown", "md", "csv", "latex", "tex"):
-            typer.echo("--format must be markdown, csv or latex", err=True)
+            typer.echo(f"error: --format must be markdown, csv or latex, got {fmt!r}", err=True)
             raise typer.Exit(2)
         kwargs: dict = {}
         win = _window(window)
@@ -90,7 +113,7 @@ def register(app: typer.Typer) -> None:
                 kwargs["target_col"] = target_col
             if group_by:
                 kwargs["group_by"] = group_by
-        res = CampaignResults.open(campaign, store, _root(root))
+        res = _open(campaign, store, root)
         t = build_table(key, res, **kwargs)
         text = t.render(fmt)
         if output:
@@ -112,8 +135,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a one-page Markdown report (tables + PNG figures) of a campaign."""
         from xtalforge.reports.report import build_report
-        from xtalforge.stores.results import CampaignResults
 
-        res = CampaignResults.open(campaign, store, _root(root))
+        res = _open(campaign, store, root)
         path = build_report(res, out, group_by=group_by)
         typer.echo(f"wrote {path}")

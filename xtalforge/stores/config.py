@@ -155,17 +155,41 @@ def _mongo_store(uri: str, database: str | None = None) -> JobStore:
     )
 
 
+def yaml_problem(exc: Exception) -> str:
+    """Return a one-line description of a YAML parse error (problem, line and column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    if mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return problem
+
+
 def _store_from_file(path: Path) -> JobStore:
     import yaml
 
-    with open(path) as f:
-        spec: dict[str, Any] = yaml.safe_load(f) or {}
-    spec = spec.get("JOB_STORE", spec)
+    try:
+        with open(path) as f:
+            spec: Any = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        raise StoreConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
+    if isinstance(spec, dict):
+        spec = spec.get("JOB_STORE", spec)
+    if not isinstance(spec, dict):
+        raise StoreConfigError(
+            f"{path}: expected a mapping with 'docs_store' (jobflow JobStore spec) or 'uri', "
+            f"got {type(spec).__name__}"
+        )
     if "uri" in spec:
         return _mongo_store(spec["uri"], spec.get("database"))
     if "docs_store" not in spec:
         raise StoreConfigError(f"{path}: expected 'docs_store' (jobflow JobStore spec) or 'uri'")
-    store = JobStore.from_dict_spec(spec)
+    try:
+        store = JobStore.from_dict_spec(spec)
+    except Exception as exc:  # noqa: BLE001 - jobflow/maggma raise many kinds on a bad spec
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise StoreConfigError(
+            f"{path}: invalid JobStore spec ({type(exc).__name__}: {reason})"
+        ) from exc
     missing = [k for k in REQUIRED_ADDITIONAL_STORES if k not in store.additional_stores]
     if missing:
         raise StoreConfigError(f"{path}: JobStore lacks additional stores {missing}")

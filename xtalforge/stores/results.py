@@ -94,6 +94,15 @@ class CampaignResults:
         recs = list_campaigns(self.store)
         return [r for r in recs if not self.campaign_id or r["campaign_id"] == self.campaign_id]
 
+    def has_campaign(self, campaign_id: str | None = None) -> bool:
+        """Return whether the store holds a campaign (its record or any of its documents)."""
+        cid = campaign_id or self.campaign_id
+        if cid is None:
+            raise ValueError("which campaign? pass campaign_id")
+        if get_campaign(self.store, cid) is not None:
+            return True
+        return self._structures.query_one({"campaign_id": cid}, properties=["doc_id"]) is not None
+
     def campaign(self, campaign_id: str | None = None) -> dict[str, Any] | None:
         """Return one campaign's full provenance record (flow graph included)."""
         cid = campaign_id or self.campaign_id
