@@ -15,6 +15,13 @@ from xtalforge.stores.documents import find
 from xtalforge.stores.provenance import get_campaign
 
 
+@pytest.fixture(autouse=True)
+def _loggers_enabled(monkeypatch):
+    """A dictConfig run by an earlier test (jobflow-remote's runner) may have disabled loggers."""
+    for name in ("xtalforge", "xtalforge.flows.runner"):
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+
+
 @pytest.fixture
 def store():
     s = build_job_store("memory")

@@ -36,11 +36,13 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from jobflow import Flow, Job, JobStore
+
+from xtalforge.stores.jobgraph import iter_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +64,6 @@ DEFAULT_KIND_BY_NAME: dict[str, str] = {
 
 
 # --------------------------------------------------------------------------- helpers
-def iter_jobs(flow: Flow | Job | list) -> Iterator[Job]:
-    """Yield every job of a (nested) flow, a job, or a list of them."""
-    if isinstance(flow, Job):
-        yield flow
-    elif isinstance(flow, (list, tuple)):
-        for f in flow:
-            yield from iter_jobs(f)
-    else:
-        for item in flow.jobs:
-            yield from iter_jobs(item)
-
-
 def tag_resource(flow_or_job: Flow | Job, kind: str) -> Flow | Job:
     """Set ``metadata["xtalforge_resource"] = kind`` on every job of a flow (in place)."""
     if kind not in RESOURCE_KINDS:

@@ -37,7 +37,6 @@ import os
 import socket
 import sys
 import traceback
-from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,13 @@ from typing import Any
 from jobflow import Flow, Job, JobStore, run_locally
 
 from xtalforge.stores.documents import now
+from xtalforge.stores.jobgraph import (  # noqa: F401 - re-exported for callers of runner
+    REPLACED_KEY,
+    clear_replacements,
+    completed_uuids,
+    iter_jobs,
+    replaced_output,
+)
 from xtalforge.stores.provenance import (
     fingerprint_json,
     get_campaign,
@@ -54,45 +60,8 @@ from xtalforge.stores.provenance import (
 
 logger = logging.getLogger(__name__)
 
-#: Key placed in the output of a job that replaced itself (see :func:`replaced_output`).
-REPLACED_KEY = "_xtalforge_replaced"
-
-
 class CampaignConfigMismatch(RuntimeError):
     """Raised when a campaign id is reused with a different configuration."""
-
-
-def replaced_output(**fields: Any) -> dict[str, Any]:
-    """Return the output of a job that replaces itself, marked for resume bookkeeping."""
-    return {REPLACED_KEY: True, **fields}
-
-
-def iter_jobs(flow: Flow | Job) -> Iterator[Job]:
-    """Yield every job of a (nested) flow."""
-    if isinstance(flow, Job):
-        yield flow
-        return
-    for item in flow.jobs:
-        yield from iter_jobs(item)
-
-
-def completed_uuids(store: JobStore, uuids: list[str]) -> set[str]:
-    """Return the uuids among ``uuids`` whose job has finished (see module docstring)."""
-    if not uuids:
-        return set()
-    docs = list(store.query({"uuid": {"$in": list(uuids)}}, properties=["uuid", "index", "output"]))
-    by_uuid: dict[str, list[dict]] = {}
-    for d in docs:
-        by_uuid.setdefault(d["uuid"], []).append(d)
-    done = set()
-    for uuid, ds in by_uuid.items():
-        # a job that replaced itself (possibly several times: a training continued over runs)
-        # is finished only when the output of its highest index is a real output
-        last = max(ds, key=lambda d: d["index"])
-        out = last.get("output")
-        if not (isinstance(out, dict) and out.get(REPLACED_KEY)):
-            done.add(uuid)
-    return done
 
 
 def _dataset_fingerprints(store: JobStore, jobs: list[Job]) -> dict[str, Any]:
@@ -114,22 +83,6 @@ def _dataset_fingerprints(store: JobStore, jobs: list[Job]) -> dict[str, Any]:
                 "name", "path", "fingerprint", "n_accepted", "n_rejected", "split",
                 "n_heldout", "dataset_description") if o.get(k) is not None}
     return out
-
-
-def clear_replacements(store: JobStore, uuids: list[str]) -> int:
-    """Delete the stored outputs of index > 1 of jobs about to run again; return how many.
-
-    A rerun starts an unfinished job again at index 1; outputs that an earlier run's
-    replacement chain left at higher indices would otherwise be taken for the job's latest
-    output (``OutputReference.resolve(which="last")``) and by :func:`completed_uuids`.
-    """
-    if not uuids:
-        return 0
-    crit = {"uuid": {"$in": list(uuids)}, "index": {"$gt": 1}}
-    n = store.docs_store.count(crit)
-    if n:
-        store.docs_store.remove_docs(crit)
-    return n
 
 
 def one_line_reason(exc: BaseException, limit: int = 500) -> str:
@@ -188,15 +141,19 @@ def _record_job_failures():
     jf_logger = logging.getLogger("jobflow.managers.local")
     threshold = jf_logger.getEffectiveLevel()
     level = jf_logger.level
-    recorder = _JobFailureRecorder(threshold)
+    # a logging.config.dictConfig elsewhere (disable_existing_loggers) may have disabled it
+    disabled = jf_logger.disabled
+    recorder = _JobFailureRecorder(logging.CRITICAL + 1 if disabled else threshold)
     jf_logger.addFilter(recorder)
-    if threshold > logging.INFO:
+    jf_logger.disabled = False
+    if threshold > logging.INFO or disabled:
         jf_logger.setLevel(logging.INFO)  # the failure record is an INFO record
     try:
         yield recorder
     finally:
         jf_logger.removeFilter(recorder)
         jf_logger.setLevel(level)
+        jf_logger.disabled = disabled
 
 
 def _failure_reasons(

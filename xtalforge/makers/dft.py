@@ -64,11 +64,10 @@ from xtalforge.flows.remote import (
     ROUTES_KEY,
     apply_routes,
     campaign_store,
-    iter_jobs,
 )
-from xtalforge.flows.runner import replaced_output
 from xtalforge.makers.base import job_context, store_config
 from xtalforge.stores.documents import STRUCTURE_STAGES, bulk_upsert, find, make_result_doc
+from xtalforge.stores.jobgraph import iter_jobs, replaced_output
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobflow import Flow, Job, Maker, Response, job
 
-from xtalforge.flows.runner import replaced_output
+from xtalforge.device import resolve_device
 from xtalforge.makers.base import JobContext, job_context, store_config
 from xtalforge.stores.artifacts import (
     get_training_state,
@@ -46,20 +46,12 @@ from xtalforge.stores.documents import (
     make_structure_doc,
     make_structure_id,
 )
+from xtalforge.stores.jobgraph import replaced_output
 
 if TYPE_CHECKING:
     from xtalforge.models.training import TrainConfig
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> str:
-    """Return ``"cuda"`` for ``"auto"`` when a GPU is visible, else ``"cpu"``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def load_generator(

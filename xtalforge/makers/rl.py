@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 from jobflow import Maker, job
 
+from xtalforge.device import resolve_device
 from xtalforge.makers.base import JobContext, job_context, store_config
-from xtalforge.makers.generator import dataset_structures, load_generator, resolve_device
+from xtalforge.makers.generator import dataset_structures, load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.config import additional
 from xtalforge.stores.documents import clean_floats, now

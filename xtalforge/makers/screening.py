@@ -30,8 +30,9 @@ from typing import Any
 
 from jobflow import Maker, job
 
+from xtalforge.device import resolve_device
 from xtalforge.makers.base import JobContext, job_context, store_config
-from xtalforge.makers.generator import dataset_structures, load_generator, resolve_device
+from xtalforge.makers.generator import dataset_structures, load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.documents import bulk_upsert, find, make_result_doc
 from xtalforge.stores.provenance import fingerprint_json

@@ -309,7 +309,7 @@ class CampaignResults:
         """Return finished and pending jobs of the campaign's stored flow graph."""
         from jobflow import Flow
 
-        from xtalforge.flows.runner import completed_uuids, iter_jobs
+        from xtalforge.stores.jobgraph import completed_uuids, iter_jobs
 
         rec = self.campaign()
         if not rec:
