@@ -1,9 +1,9 @@
 #!/bin/bash
-# GPU call 1 (issue 5, third session): on the frozen KL 1e-3 VAE, (a) a fresh larger LDM
+# GPU pipeline, part 1: on the frozen KL 1e-3 VAE, (a) a fresh larger LDM
 # (8 x 384, bf16, batch 512) and (b) the existing 6 x 256 LDM continued, side by side.
 set -o pipefail
 # Run on the lent GPU machine from the repository root, with the folder below carried:
-#   out/c3/{whl/, val.pt (MP-20 val cache from train_mp20.py --cache-dir), test2k.pt (first 2,000 test rows), gen.pt (KL 1e-3 generator of session 2)}
+#   out/c3/{whl/, val.pt (MP-20 val cache from train_mp20.py --cache-dir), test2k.pt (first 2,000 test rows), gen.pt (the KL 1e-3 generator)}
 # whl/ holds the cp312 wheels of our non-torch dependencies (../shared/tools/gpu_wheels.sh).
 # Results land in $OUT (the device tool's return folder). Numbers: benchmarks/RESULTS.md.
 T0=$(date +%s)

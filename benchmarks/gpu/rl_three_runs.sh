@@ -1,5 +1,5 @@
 #!/bin/bash
-# GPU call 2 (issue 5, third session): GRPO from the better generator of call 1 (kept on the
+# GPU pipeline, part 2: GRPO from the better generator of call 1 (kept on the
 # warm machine in out/dev): de novo, the no-diversity ablation and the 3 eV band-gap run side by
 # side, base and fine-tuned models screened identically (1000 samples each).
 # Run on the lent GPU machine from the repository root, with the folder below carried:

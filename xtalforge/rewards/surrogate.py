@@ -1,4 +1,4 @@
-"""Property surrogate on VAE latents (seed 000, Supplementary Note S1: band-gap predictor).
+"""Property surrogate on VAE latents (Park & Walsh 2025, Supplementary Note S1: band-gap predictor).
 
 A :class:`PropertySurrogate` maps the per-atom VAE latents of a crystal (posterior means from
 the generator's encoder) to a scalar property: a per-atom MLP, masked mean + max pooling over

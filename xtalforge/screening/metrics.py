@@ -542,7 +542,7 @@ def min_amd_distances(
     """Min Chebyshev (L-inf) AMD distance to any *other* structure of the same reduced formula.
 
     The comparison set of structure ``i`` is the other generated structures and the reference
-    structures with ``f(y) == f(x_i)`` (seed 000, creativity reward). NaN when the set is empty
+    structures with ``f(y) == f(x_i)`` (Park & Walsh 2025, creativity reward). NaN when the set is empty
     or the AMD failed.
     """
     if amds is None:
@@ -569,7 +569,7 @@ def min_amd_distances(
 
 def creativity_reward(unique: Sequence[bool], novel: Sequence[bool],
                       min_amd: Sequence[float], clip: float = 1.0) -> np.ndarray:
-    """Seed 000 creativity reward: 1 if unique and novel, 0 if neither, else min AMD distance.
+    """Creativity reward of Park & Walsh 2025: 1 if unique and novel, 0 if neither, else min AMD distance.
 
     The AMD branch is clipped to ``[0, clip]``; a NaN distance (no same-formula partner) gives 1.
     """
@@ -609,7 +609,7 @@ def frechet_distance(x_gen: np.ndarray, x_ref: np.ndarray, eps: float = 1e-6) ->
 
 
 def coverage(x_gen: np.ndarray, x_ref: np.ndarray) -> float:
-    """Coverage score ``1 / (1 + FMD)`` (seed 000)."""
+    """Coverage score ``1 / (1 + FMD)`` (Park & Walsh 2025)."""
     return 1.0 / (1.0 + max(frechet_distance(x_gen, x_ref), 0.0))
 
 
