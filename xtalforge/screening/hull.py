@@ -17,8 +17,8 @@ Energy scales
 ``energy_kind="formation"``
     Formation energies with every element at 0 (e.g. MP-20's ``formation_energy_per_atom``).
     Total-energy queries are converted with elemental chemical potentials
-    ``E_form = E_total - sum_a mu_a n_a`` (Park & Walsh 2025, Methods), where ``mu_a`` must come from the
-    same energy model as the queried energies (:func:`elemental_chemical_potentials`).
+    ``E_form = E_total - sum_a mu_a n_a`` (Park & Walsh 2025, Methods), where ``mu_a`` must come
+    from the same energy model as the queried energies (:func:`elemental_chemical_potentials`).
 
 Every hull carries a :attr:`ReferenceHull.convention` dict (energy source, MLIP, relaxed,
 reference set, correction scheme, energy kind, entry count, fingerprint) to be recorded with

@@ -542,8 +542,8 @@ def min_amd_distances(
     """Min Chebyshev (L-inf) AMD distance to any *other* structure of the same reduced formula.
 
     The comparison set of structure ``i`` is the other generated structures and the reference
-    structures with ``f(y) == f(x_i)`` (Park & Walsh 2025, creativity reward). NaN when the set is empty
-    or the AMD failed.
+    structures with ``f(y) == f(x_i)`` (Park & Walsh 2025, creativity reward). NaN when the set
+    is empty or the AMD failed.
     """
     if amds is None:
         amds = amd_vectors(structures, k=k)
@@ -569,7 +569,7 @@ def min_amd_distances(
 
 def creativity_reward(unique: Sequence[bool], novel: Sequence[bool],
                       min_amd: Sequence[float], clip: float = 1.0) -> np.ndarray:
-    """Creativity reward of Park & Walsh 2025: 1 if unique and novel, 0 if neither, else min AMD distance.
+    """Creativity reward (Park & Walsh 2025): 1 if unique and novel, 0 if neither, else min AMD.
 
     The AMD branch is clipped to ``[0, clip]``; a NaN distance (no same-formula partner) gives 1.
     """
