@@ -66,7 +66,7 @@ CAMPAIGN = {
         "one_per_composition": True,
         "relax": False,  # True: MP double relaxation before the static (MatterGen protocol)
         "band_structure": False,
-        "dielectric": True,  # DFPT eps_elec and FoM = eps_elec * Eg (seed 001)
+        "dielectric": True,  # DFPT eps_elec and FoM = eps_elec * Eg (Cao & Wang 2025)
         "when_no_vasp": "run",  # VASP lives on the CPU worker, not where the builder runs
         "hull_entries": ["/data/mp_hull/2023-02-07-mp-elemental-reference-entries.json.gz"],
     },

@@ -230,7 +230,7 @@ def test_hand_made_binary_hull(tmp_path):
     assert thull.elemental_references == pytest.approx(mu)
     qt = [-0.3 + (-1.9 / 3 - 1.5 * 2 / 3)]
     assert thull.e_above_hull(["LiMg2"], qt)[0] == pytest.approx(-0.3 + 2 / 3)
-    # formation hull queried with total energies + MLIP chemical potentials (seed 000)
+    # formation hull queried with total energies + MLIP chemical potentials (Park & Walsh 2025)
     fhull = hull.with_chemical_potentials(mu, source="test")
     assert fhull.e_above_hull(["LiMg2"], qt, kind="total")[0] == pytest.approx(-0.3 + 2 / 3)
     assert math.isnan(hull.e_above_hull(["LiMg2"], qt, kind="total")[0])  # no mu: NaN

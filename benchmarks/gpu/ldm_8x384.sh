@@ -1,11 +1,12 @@
 #!/bin/bash
 # GPU pipeline, part 1: on the frozen KL 1e-3 VAE, (a) a fresh larger LDM
 # (8 x 384, bf16, batch 512) and (b) the existing 6 x 256 LDM continued, side by side.
+OUT=${OUT:-returned}; mkdir -p "$OUT"
 set -o pipefail
-# Run on the lent GPU machine from the repository root, with the folder below carried:
+# Run from the repository root on a GPU host, with this folder present:
 #   out/c3/{whl/, val.pt (MP-20 val cache from train_mp20.py --cache-dir), test2k.pt (first 2,000 test rows), gen.pt (the KL 1e-3 generator)}
-# whl/ holds the cp312 wheels of our non-torch dependencies (../shared/tools/gpu_wheels.sh).
-# Results land in $OUT (the device tool's return folder). Numbers: benchmarks/RESULTS.md.
+# whl/ holds wheels of the non-torch dependencies for the host's Python (pip download).
+# Results land in $OUT (default ./returned). Numbers: benchmarks/RESULTS.md.
 T0=$(date +%s)
 mkdir -p out/dev
 python3 -m pip install -q --no-index --no-deps --no-compile --target out/dev/site out/c3/whl/*.whl || exit 11

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Shared steps of the detached GPU pipelines (session4.sh, session5.sh) and of their followers
-# (follow.sh, follow5.sh). Source it from the repository root; everything lives under out/dev,
-# which stays on the warm device machine between calls.
+# Shared steps of the detached GPU pipelines (vae_fix_pipeline.sh, grpo_runs.sh) and of their followers
+# (follow_vae_fix.sh, follow_grpo.sh). Source it from the repository root; everything lives under out/dev,
+# which stays on the GPU host between the follow calls.
 D=out/dev
 T0=${T0:-$(date +%s)}
 mkdir -p $D
@@ -9,7 +9,7 @@ mkdir -p $D
 # stage NAME: record the running stage (followers stop on "done" or "failed*").
 stage() { echo "$1" > $D/STAGE; echo "== $1 at $(( $(date +%s) - T0 ))s"; }
 
-# install_site: copy the code (immune to re-syncs of the working tree), install the carried
+# install_site: copy the code (immune to re-syncs of the working tree), install the
 # wheels of out/c5/whl into out/dev/site once, export PYTHONPATH, check the imports.
 install_site() {
   rm -rf $D/code && mkdir -p $D/code && cp -r xtalforge benchmarks $D/code/

@@ -2,11 +2,12 @@
 # GPU pipeline, part 2: GRPO from the better generator of call 1 (kept on the
 # warm machine in out/dev): de novo, the no-diversity ablation and the 3 eV band-gap run side by
 # side, base and fine-tuned models screened identically (1000 samples each).
-# Run on the lent GPU machine from the repository root, with the folder below carried:
+# Run from the repository root on a GPU host, with this folder present:
 #   out/c4/{whl/, mp20/ (val, test, all formation energies from ../shared/data/mp20), shim/, chgnet_mu.json}; out/dev/ left by ldm_8x384.sh on the same warm machine
-# whl/ holds the cp312 wheels of our non-torch dependencies (../shared/tools/gpu_wheels.sh).
-# Results land in $OUT (the device tool's return folder). Numbers: benchmarks/RESULTS.md.
+# whl/ holds wheels of the non-torch dependencies for the host's Python (pip download).
+# Results land in $OUT (default ./returned). Numbers: benchmarks/RESULTS.md.
 # LR, RLS (RL seconds per run) and BUDGET override the defaults; FORCE_PICK=big|cont picks the model.
+OUT=${OUT:-returned}; mkdir -p "$OUT"
 set -o pipefail
 T0=$(date +%s)
 [ -f out/dev/metrics_big.json ] || { echo "out/dev from call 1 is gone"; exit 12; }

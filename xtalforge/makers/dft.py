@@ -27,8 +27,8 @@ The collector computes, per structure, the DFT energy above the hull (the task d
 ``entry`` as a ComputedStructureEntry, MaterialsProject2020Compatibility, pymatgen PhaseDiagram
 of reference entries read from files), band gaps (static and band structure), ``eps_elec``
 (mean eigenvalue of the ion-clamped ``epsilon_static`` tensor) and the figure of merit
-``FoM = eps_elec * Eg`` (seed 001, Table I), and writes one ``stage="dft"`` document linked to
-the atomate2 task documents by job uuid (``dft_task_uuids``; ``store.get_output(uuid)``).
+``FoM = eps_elec * Eg`` (Cao & Wang 2025, Table I), and writes one ``stage="dft"`` document
+linked to the atomate2 task documents by job uuid (``dft_task_uuids``; ``store.get_output(uuid)``).
 
 Failures: a VASP job that fails leaves no output; the jobs that depend on it and the collector
 have ``on_missing_references=OnMissing.NONE``, so they still run (dependent VASP jobs fail at

@@ -8,7 +8,7 @@
                    (issue convention (c); Chemeleon2/LeMat-GenBench style);
   ``"formation"``  formation-energy hull from a dataset property (e.g. MP-20's
                    ``formation_energy_per_atom``) with elemental chemical potentials evaluated by
-                   the same MLIP on the dataset's elemental structures (seed 000, Methods);
+                   the same MLIP on the dataset's elemental structures (Park & Walsh 2025, Methods);
   ``"entries"``    pymatgen ComputedStructureEntry JSON / PatchedPhaseDiagram file from a path,
                    MP2020-corrected or not (DFT hulls).
 

@@ -1,7 +1,7 @@
 """MLIP versus DFT energy above the hull: regression and stability-classification metrics.
 
-Seed 000 (Chemeleon2, Supplementary Fig. S1) validates MACE energies above the hull against
-DFT on generated structures; seed 003 (PLaID++, section 7.4) reports R^2 and the precision,
+Park & Walsh 2025 (Chemeleon2, Supplementary Fig. S1) validates MACE energies above the hull against
+DFT on generated structures; PLaID++ 2025 (PLaID++, section 7.4) reports R^2 and the precision,
 recall, F1 and accuracy of the MLIP's stable / metastable classification, restricted to a
 "near-hull" window of DFT values ``[-0.2, 0.2]`` eV/atom.
 

@@ -1,14 +1,15 @@
 """PNG figures of a campaign (matplotlib, Agg canvas, no pyplot global state).
 
 * :func:`parity_plot`: MLIP versus DFT energy above the hull with R^2, MAE, RMSE annotated and
-  the metastability window shaded (seed 000 Fig. S1, seed 003 Fig. 11).
+  the metastability window shaded (Park & Walsh 2025 Fig. S1, PLaID++ 2025 Fig. 11).
 * :func:`histogram_plot`, :func:`band_gap_histogram`, :func:`ehull_histogram`: distributions
-  (seed 000 Fig. 6b / S17: DFT band gaps of all samples and of mSUN ones, target window shaded).
+  (Park & Walsh 2025 Fig. 6b / S17: DFT band gaps of all samples and of mSUN ones, target window
+  shaded).
 * :func:`element_frequency_plot`: structures containing each element on a periodic-table grid
   (positions from pymatgen ``Element.row`` / ``Element.group``; La-Lu and Ac-Lr in the f-block
   rows below).
 * :func:`spacegroup_bar_plot`: stable and S.U.N. fractions per space group, one bar per model
-  (seed 001 Fig. 4).
+  (Cao & Wang 2025 Fig. 4).
 * :func:`plot_training_curves` and :func:`load_training_curves`: RL training curves stored by
   the ``rl fine-tune`` job (output key ``curves``: a list of ``{"step": ..., metric: ...}``).
 
@@ -216,7 +217,7 @@ def band_gap_histogram(
     window: tuple[float, float] = (2.7, 3.3),
     title: str = "DFT band gaps of validated samples",
 ) -> Path:
-    """DFT band gaps of all validated structures and of the mSUN ones (seed 000 Fig. 6b/S17)."""
+    """DFT band gaps of all validated and of the mSUN structures (Park & Walsh 2025 Fig. 6b/S17)."""
     gap = _arr(df[gap_col]) if gap_col in df.columns else np.array([])
     has = np.isfinite(gap)
     series: dict[str, np.ndarray] = {"all with DFT gap": gap[has]}

@@ -11,19 +11,19 @@ Tables
 ------
 ``mlip-vs-dft``
     :func:`mlip_vs_dft_table`: R^2, MAE, RMSE and stable/metastable classification of the
-    MLIP energy above the hull against DFT (seed 000 Fig. S1, seed 003 section 7.4).
+    MLIP energy above the hull against DFT (Park & Walsh 2025 Fig. S1, PLaID++ 2025 section 7.4).
 ``denovo``
-    :func:`denovo_benchmark_table`: seed 000 Supplementary Table S1 (mSUN, uniqueness,
+    :func:`denovo_benchmark_table`: Park & Walsh 2025 Supplementary Table S1 (mSUN, uniqueness,
     novelty, compositional validity, metastability, 1/(1+FMD)), one row per model/checkpoint.
 ``property-targeting``
     :func:`property_targeting_table`: mSUN structures with DFT band gaps in 2.7-3.3 eV
-    (seed 000 Fig. 6b/c, S17).
+    (Park & Walsh 2025 Fig. 6b/c, S17).
 ``fom``
-    :func:`fom_table`: seed 001 Table I (formula, Eg, eps_elec, FoM = eps_elec * Eg, DFT E_hull),
-    formulas absent from the training set in bold.
+    :func:`fom_table`: Cao & Wang 2025 Table I (formula, Eg, eps_elec, FoM = eps_elec * Eg, DFT
+    E_hull), formulas absent from the training set in bold.
 ``sun-per-spacegroup``
-    :func:`sun_per_spacegroup_table`: stable / S.U.N. / mSUN fractions per space group (seed 001
-    Fig. 4) and, with a target space group column, seed 003's S.S.U.N.
+    :func:`sun_per_spacegroup_table`: stable / S.U.N. / mSUN fractions per space group (Cao & Wang
+    2025 Fig. 4) and, with a target space group column, PLaID++ 2025's S.S.U.N.
 
 Denominators are failure-aware: every generated structure (stage ``sample``) counts, including
 those that failed to decode, were not evaluated or have no energy; a missing indicator counts
@@ -70,7 +70,7 @@ __all__ = [
 
 #: Default grouping of generated structures (one row per model checkpoint).
 GROUP_BY = "lineage.checkpoint_id"
-#: Band-gap window of seed 000's property-targeting benchmark (eV, inclusive).
+#: Band-gap window of Park & Walsh 2025's property-targeting benchmark (eV, inclusive).
 GAP_WINDOW = (2.7, 3.3)
 _MISSING = "n/a"
 
@@ -458,7 +458,7 @@ def mlip_vs_dft_table(
 
 
 # --------------------------------------------------------------------------------------
-# (2) de novo benchmark (seed 000 Table S1)
+# (2) de novo benchmark (Park & Walsh 2025 Table S1)
 # --------------------------------------------------------------------------------------
 _DENOVO = (
     ("mSUN (%)", "msun"),
@@ -477,7 +477,7 @@ def denovo_benchmark_table(
     labels: Mapping[str, str] | None = None,
     metastable_inclusive: bool = False,
 ) -> Table:
-    """De novo generation benchmark in the layout of seed 000 Supplementary Table S1.
+    """De novo generation benchmark in the layout of Park & Walsh 2025 Supplementary Table S1.
 
     Parameters
     ----------
@@ -558,7 +558,7 @@ def property_targeting_table(
     group_by: str | None = GROUP_BY,
     stage: str | None = "sample",
 ) -> Table:
-    """Count the mSUN structures whose DFT band gap is in ``window`` (seed 000 Fig. 6b/c, S17).
+    """Count the mSUN structures whose DFT band gap is in ``window`` (Park & Walsh 2025, S17).
 
     Parameters
     ----------
@@ -575,7 +575,7 @@ def property_targeting_table(
     -----
     Columns: ``N`` generated, ``N DFT gap`` (with a finite DFT gap), ``N mSUN``, ``N mSUN with
     DFT gap``, ``N in window`` (any structure), ``N mSUN in window``, and the fraction of mSUN
-    structures in the window over all generated structures (seed 000: 82 of 512) and over
+    structures in the window over all generated structures (Park & Walsh 2025: 82 of 512) and over
     mSUN structures with a DFT gap.
     """
     lo, hi = window
@@ -618,7 +618,7 @@ def property_targeting_table(
 
 
 # --------------------------------------------------------------------------------------
-# (4) figure of merit (seed 001 Table I)
+# (4) figure of merit (Cao & Wang 2025 Table I)
 # --------------------------------------------------------------------------------------
 def fom_table(
     df: pd.DataFrame,
@@ -630,7 +630,7 @@ def fom_table(
     ehull_col: str = "dft_e_above_hull",
     fom_col: str = "dft_fom",
 ) -> Table:
-    """Dielectric figure of merit in the layout of seed 001 Table I.
+    """Dielectric figure of merit in the layout of Cao & Wang 2025 Table I.
 
     Parameters
     ----------
@@ -640,7 +640,7 @@ def fom_table(
         Reduced formulas of the training set; rows whose formula is absent are novel and
         rendered in bold. ``None``: unknown (column n/a).
     max_e_hull : float, optional
-        Keep rows with DFT E_hull below this (seed 001 lists E_hull < 0.1 eV/atom).
+        Keep rows with DFT E_hull below this (Cao & Wang 2025 lists E_hull < 0.1 eV/atom).
     top : int, optional
         Keep the ``top`` rows by FoM.
     gap_col, eps_col, ehull_col, fom_col : str
@@ -800,7 +800,7 @@ def sun_per_spacegroup_table(
     target_col: str | None = None,
     min_count: int = 1,
 ) -> Table:
-    """Stable, S.U.N. and mSUN fractions per space group (seed 001 Fig. 4; seed 003 S.S.U.N.).
+    """Stable, S.U.N. and mSUN fractions per space group (Cao & Wang 2025 Fig. 4; PLaID++ S.S.U.N.).
 
     Parameters
     ----------
@@ -826,7 +826,7 @@ def sun_per_spacegroup_table(
     -----
     Denominators are the generated structures of each space group; structures whose space
     group cannot be determined (failed decodes) form the ``unknown`` row, so the rows of a
-    group sum to all its generated structures. Seed 001 calls "stable" E_hull < 0.1 eV/atom:
+    group sum to all its generated structures. Cao & Wang 2025 calls "stable" E_hull < 0.1 eV/atom:
     its S.U.N. corresponds to mSUN here.
     """
     rows_df = _stage_rows(df, stage)
@@ -883,8 +883,8 @@ def sun_per_spacegroup_table(
            f"space group from the stored value or SpacegroupAnalyzer(symprec={symprec:g}); ")
         + f"{n_unknown} with unknown space group (no structure, or the symmetry analysis "
         "failed) in the 'unknown' row.",
-        _stability_note() + " Seed 001's S.U.N. (E_hull < 0.1) is mSUN here."
-        + (" S.S.U.N.: detected space group = target, and mSUN (seed 003)." if target_col
+        _stability_note() + " Cao & Wang 2025's S.U.N. (E_hull < 0.1) is mSUN here."
+        + (" S.S.U.N.: detected space group = target, and mSUN (PLaID++ 2025)." if target_col
            else ""),
         *describe_conventions(rows_df),
     ]

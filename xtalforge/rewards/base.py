@@ -23,8 +23,8 @@ Metrics (built-in providers)
 ``min_amd_distance``
     Minimum Chebyshev distance between AMD vectors (``resources.amd_k`` = 100 neighbours) of a
     structure and every *other* structure of the same reduced formula, generated (this batch)
-    or reference (seed 000, creativity reward). Uses the ``average-minimum-distance`` package
-    when importable, else :func:`amd_vector` (the same definition, computed with pymatgen
+    or reference (Park & Walsh 2025, creativity reward). Uses the ``average-minimum-distance``
+    package when importable, else :func:`amd_vector` (the same definition, computed with pymatgen
     neighbour lists). NaN when no same-formula partner exists or the structure is ``None``.
 ``structure_embedding``, ``composition_embedding``
     ``resources.generator.embed_structures`` / ``composition_embeddings`` (VAE posterior means
@@ -126,7 +126,7 @@ class RewardResources:
     n_jobs
         Worker processes for matching / SMACT.
     amd_k
-        AMD neighbours (100 in seed 000).
+        AMD neighbours (100 in Park & Walsh 2025).
     energy_batch_size
         Single-point batch size.
     min_volume_per_atom
@@ -645,7 +645,7 @@ class RewardComponent(ABC):
     weight
         Weight in the composite sum (default: the class's ``default_weight``).
     normalize
-        ``"minmax"`` (default, seed 000), ``"std"`` or ``None``.
+        ``"minmax"`` (default, Park & Walsh 2025), ``"std"`` or ``None``.
     failure_value
         Value for NaN entries: a number or ``"min"`` (lowest finite value in the batch; 0
         when there is none). Default: the class's ``default_failure_value``.

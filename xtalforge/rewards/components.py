@@ -1,4 +1,4 @@
-"""Built-in reward components (seed 000 Reward Engineering, Note S1; seed 001 figure of merit).
+"""Built-in reward components (Park & Walsh 2025, Note S1; Cao & Wang 2025 figure of merit).
 
 Components (raw value; failure value, documented):
 
@@ -19,10 +19,10 @@ Components (raw value; failure value, documented):
 ``dielectric_fom``
     ``eps_elec * E_g`` from two surrogates. Failure: ``"min"``.
 
-Presets (:data:`REWARD_PRESETS`): ``"dng"`` (seed 000 de novo weights: creativity 1, stability
-1, compositional diversity 1, structural diversity 0.1), ``"dng_no_diversity"`` (the Fig. 2c
-ablation: creativity 1, stability 1), ``"bandgap"`` (Note S1: band gap target 3 eV weight 1,
-compositional diversity 0.5) and ``"dielectric"`` (seed 001: ``eps_elec * E_g``). In the de
+Presets (:data:`REWARD_PRESETS`): ``"dng"`` (Park & Walsh 2025 de novo weights: creativity 1,
+stability 1, compositional diversity 1, structural diversity 0.1), ``"dng_no_diversity"`` (the
+Fig. 2c ablation: creativity 1, stability 1), ``"bandgap"`` (Note S1: band gap target 3 eV weight 1,
+compositional diversity 0.5) and ``"dielectric"`` (Cao & Wang 2025: ``eps_elec * E_g``). In the de
 novo presets creativity is left un-normalised, as in Chemeleon2's released ``rl_dng`` config:
 it already lies in [0, 1], and min-max scaling would stretch a batch whose creativities are 1
 and 0.97 (one near-duplicate by AMD) into 1 and 0, a full-range signal from a tiny difference.
@@ -55,7 +55,7 @@ __all__ = [
 
 @register_reward("creativity")
 class CreativityReward(RewardComponent):
-    """Seed 000 creativity: uniqueness and novelty with a continuous AMD fallback.
+    """Park & Walsh 2025 creativity: uniqueness and novelty with a continuous AMD fallback.
 
     ``1`` if unique and novel, ``0`` if neither, otherwise the minimum AMD (k = 100)
     Chebyshev distance to the other generated and the reference structures of the same reduced
@@ -236,7 +236,7 @@ class PropertyReward(RewardComponent):
 
 @register_reward("dielectric_fom")
 class DielectricFoMReward(RewardComponent):
-    """Seed 001 figure of merit ``eps_elec * E_g`` from two configured surrogates.
+    """Cao & Wang 2025 figure of merit ``eps_elec * E_g`` from two configured surrogates.
 
     Predictions are clipped at 0 from below (negative gaps or permittivities are surrogate
     artefacts). Both surrogates must be present in ``RewardResources.surrogates``.

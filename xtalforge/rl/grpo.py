@@ -1,7 +1,7 @@
 """GRPO (and a REINFORCE ablation) over the reverse diffusion of the latent generator.
 
-The MDP (seed 000, Methods "GRPO algorithm"): the state is the noisy latent ``z_t``, the action
-the next latent ``z_{t-1}`` drawn from the stochastic DDIM transition ``N(mean_theta(z_t),
+The MDP (Park & Walsh 2025, Methods "GRPO algorithm"): the state is the noisy latent ``z_t``, the
+action the next latent ``z_{t-1}`` drawn from the stochastic DDIM transition ``N(mean_theta(z_t),
 std_t^2)`` (``eta > 0``; ``eta = 1`` is DDPM-like), the policy's log-probability is the
 Gaussian log-density of the recorded ``z_{t-1}`` **averaged over real atoms x latent dims**
 (Chemeleon2's ``reduce="mean"``; :meth:`LatentDiffusion.step_log_probs`), and the only reward is
@@ -95,7 +95,7 @@ KL_ESTIMATORS = ("k3", "analytic")
 
 @dataclass
 class GRPOConfig:
-    """Settings of :class:`GRPOTrainer` (defaults: seed 000, Methods).
+    """Settings of :class:`GRPOTrainer` (defaults: Park & Walsh 2025, Methods).
 
     Attributes
     ----------

@@ -1,7 +1,8 @@
 #!/bin/bash
-# Follow the detached pipeline of benchmarks/gpu/session5.sh for up to $1 seconds (default 560),
-# then copy its logs and results to $OUT (the device tool's return folder); once it is done, the
+# Follow the detached pipeline of benchmarks/gpu/grpo_runs.sh for up to $1 seconds (default 560),
+# then copy its logs and results to $OUT (default ./returned); once it is done, the
 # best de novo policy too (fp16, in 16 MB parts: cat best_fp16.pt.part* > best_fp16.pt).
+OUT=${OUT:-returned}; mkdir -p "$OUT"
 LIMIT=${1:-560}
 source benchmarks/gpu/lib.sh
 wait_stage "$LIMIT"

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Issue 5, fourth session: one GPU pipeline, started detached (setsid) by the first device call
-# and followed by benchmarks/gpu/follow.sh in the next calls, so that its stages need not fit
-# the 10-minute limit of one call.
+# One GPU pipeline (VAE fix, new base, decoder fine-tunes, GRPO), started detached (setsid) and
+# followed by benchmarks/gpu/follow_vae_fix.sh, so that no single shell session has to stay
+# attached for its whole length.
 #
 #   1. VAE (medium, KL 1e-3), 3 min.
 #   2. Side by side on the frozen encoder: the 8 x 384 LDM (bf16, batch 512), and three decoder
@@ -13,7 +13,7 @@
 #      no-diversity ablation and the 3 eV band-gap run side by side from that base, each then
 #      screened with the base on 1,000 samples.
 #
-# Carried: out/c5/{whl/, cache/{val,test}.pt, mp20/ (val, test, all formation energies),
+# Needs on the GPU host: out/c5/{whl/, cache/{val,test}.pt, mp20/ (val, test, all formation energies),
 # chgnet_mu.json}. Everything is written under out/dev (kept on the warm machine between calls);
 # out/dev/STAGE names the stage running. Numbers: benchmarks/RESULTS.md.
 # Knobs (environment): VAE_MIN, LDM_MIN, DEC_MIN, RLS (RL seconds per run), LR, SCLIP.

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Issue 5, fifth session: GRPO runs of 8-12 minutes from the session-4 base generator, started
-# detached (setsid) and followed by benchmarks/gpu/follow5.sh, so that they need not fit one
-# 10-minute call. Two plans were run, one after the other (numbers: benchmarks/RESULTS.md):
+# GRPO runs of 8-12 minutes from the VAE-fix base generator (vae_fix_pipeline.sh), started
+# detached (setsid) and followed by benchmarks/gpu/follow_grpo.sh, so that no shell has to stay
+# attached for their whole length. Two plans were run, one after the other (numbers: benchmarks/RESULTS.md):
 #
 # PLAN=a (default): three runs side by side, RLS=720 s each
 #   dng@rollout-ref               de novo reward, KL to the rollout policy (Chemeleon2's code)
@@ -18,11 +18,10 @@
 # creativity un-normalised (Chemeleon2's released config). Every 10 steps each run scores the
 # same 256 noises (eval_every) and keeps the policy with the highest eval/frac_msun; that policy
 # is screened on 2,000 fresh samples (another seed) exactly as the base. The best de novo policy
-# is saved in fp16 for follow5.sh to return.
+# is saved in fp16 for follow_grpo.sh to return.
 #
-# Needs, on the device machine: out/dev/base/gen.pt (carried by an earlier call: the checkpoint
-# and the wheels do not fit one call's 64 MiB) and the carried out/c5/{whl/, cache/, mp20/,
-# chgnet_mu.json}. Knobs: PLAN, RLS (RL seconds per run), LR.
+# Needs, on the GPU host: out/dev/base/gen.pt (the base checkpoint) and out/c5/{whl/, cache/,
+# mp20/, chgnet_mu.json}. Knobs: PLAN, RLS (RL seconds per run), LR.
 set -o pipefail
 source benchmarks/gpu/lib.sh
 PLAN=${PLAN:-a}

@@ -1,6 +1,7 @@
 #!/bin/bash
-# Follow the detached pipeline of benchmarks/gpu/session4.sh for up to $1 seconds (default 560),
-# then copy its logs and results to $OUT (the device tool's return folder).
+# Follow the detached pipeline of benchmarks/gpu/vae_fix_pipeline.sh for up to $1 seconds (default 560),
+# then copy its logs and results to $OUT (default ./returned).
+OUT=${OUT:-returned}; mkdir -p "$OUT"
 LIMIT=${1:-560}
 source benchmarks/gpu/lib.sh
 wait_stage "$LIMIT"
