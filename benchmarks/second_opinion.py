@@ -75,7 +75,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
-import hashlib
 import json
 import logging
 import math
@@ -119,14 +118,6 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------- models
 def load_sevennet(model_name: str):
     """SevenNet through the ``ase:`` spec of :func:`get_energy_model`, with its element set."""
@@ -146,8 +137,10 @@ def load_sevennet(model_name: str):
         warnings.simplefilter("ignore")
         calc = model.calculator()
     model.name = "sevennet"  # in failure reasons and progress bars, instead of "ase"
+    from xtalforge.models.generator import file_sha256
+
     model.supported_atomic_numbers = frozenset(int(z) for z in calc.type_map)
-    info = {"checkpoint": str(ckpt), "checkpoint_sha256": _sha256(ckpt),
+    info = {"checkpoint": str(ckpt), "checkpoint_sha256": file_sha256(ckpt),
             "sevenn_version": getattr(sevenn, "__version__", None),
             "device": str(calc.device), "n_elements": len(calc.type_map),
             "energy_model": model.info}

@@ -5,18 +5,11 @@
 # (cat ldm_A_fp16.pt.part* > ldm_A_fp16.pt) with their sha256; SAMPLES="A_4000 ..." adds those
 # snapshots' samples to the archive.
 LIMIT=${1:-540}
-D=${D:-out/dev}
+source benchmarks/gpu/lib.sh  # D=out/dev and wait_stage
 SC=$D/sc
 OUT=${OUT:-returned}
 mkdir -p $OUT
-t0=$(date +%s)
-while [ $(( $(date +%s) - t0 )) -lt "$LIMIT" ]; do
-  case "$(cat $D/STAGE 2>/dev/null)" in done|failed*) break;; esac
-  sleep 10
-done
-echo "stage: $(cat $D/STAGE 2>/dev/null) after $(( $(date +%s) - t0 ))s of following"
-grep "^== " $D/pipeline.log
-nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv,noheader
+wait_stage "$LIMIT"
 for f in $SC/ldm_*.log $SC/vae_*.log; do [ -f $f ] && { echo "--- $f"; grep -E "step [0-9]+/" $f | tail -1 | cut -c1-200; grep -iE "error|Traceback" $f | tail -3; }; done
 for f in $SC/eval_*.log; do [ -f $f ] && { echo "--- $f"; grep -E "eval |Error|Traceback" $f | tail -12 | cut -c1-220; }; done
 EXTRA=""; for s in $SAMPLES; do [ -f $SC/samples_$s.json.gz ] && EXTRA="$EXTRA $SC/samples_$s.json.gz"; done
