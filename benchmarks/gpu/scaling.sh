@@ -19,7 +19,7 @@
 #
 # Environment: DATA_DIR (MP-20 CSVs, default ../shared/data/mp20), WHEELS (a folder of wheels to
 # install into $D/site first, optional), D (work folder, default out/dev), VAEM, LDMM, NEVAL,
-# RUNS (which LDM runs, default "A B C D"), EXTRA_VAES (VAEs trained for their reconstruction
+# RUNS (which LDM runs, default "A B C D"), SNAPS (EMA snapshot steps, comma-separated), EXTRA_VAES (VAEs trained for their reconstruction
 # alone, e.g. paper17).
 set -o pipefail
 D=${D:-out/dev}
@@ -77,7 +77,7 @@ for t in $VAES; do [ -f $SC/vae_$t.pt ] || { stage failed-vae-$t; exit 13; }; do
 grep -h reconstruction_heldout $SC/vae.jsonl | python3 -c "import sys,json; [print('vae', r['tag'], r['steps'], 'steps, held-out reconstruction', r['reconstruction_heldout']) for r in map(json.loads, sys.stdin)]"
 
 stage ldm
-SNAPS=250,500,1000,2000,4000,8000,16000,32000,64000
+SNAPS=${SNAPS:-250,500,1000,2000,4000,8000,16000,32000,64000}
 PIDS=""
 for r in $RUNS; do
   $GS ldm $COMMON --tag $r --vae-from $SC/vae_${VAE_OF[$r]}.pt --dit ${DIT_OF[$r]} --data ${DATA_OF[$r]} --minutes $LDMM --snapshots $SNAPS --tf32 > $SC/ldm_$r.log 2>&1 &
