@@ -38,7 +38,7 @@ def main() -> None:
     import rl_denovo
 
     from xtalforge.models.generator import LatentDiffusionGenerator
-    from xtalforge.rewards.base import RewardContext, RewardResources
+    from xtalforge.rewards import RewardContext, RewardResources
     from xtalforge.rewards.components import (
         CompositionDiversityReward,
         StructureDiversityReward,

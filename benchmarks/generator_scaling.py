@@ -200,7 +200,7 @@ class Screener:
         self.split = split.fingerprint
 
     def __call__(self, gen, label: dict) -> tuple[dict, list]:
-        from xtalforge.rewards.base import GuardedEnergyModel
+        from xtalforge.rewards.resources import GuardedEnergyModel
         from xtalforge.screening.screen import screen_structures
 
         a = self.args

@@ -135,7 +135,7 @@ def evaluate(label, gen, args, res, device, surrogate=None) -> dict:
         row["gap_mean"] = float(np.nanmean(g))
         row["gap_median"] = float(np.nanmedian(g))
     if args.screen and label.split("+")[0].split("@")[0] in args.screen_models:
-        from xtalforge.rewards.base import GuardedEnergyModel
+        from xtalforge.rewards.resources import GuardedEnergyModel
 
         records, summary = screen_structures(
             structs, GuardedEnergyModel(res.energy_model, res.min_volume_per_atom), res.hull,
@@ -192,7 +192,7 @@ def print_table(rows: list[dict]) -> None:
 
 # ------------------------------------------------------------------------------------- RL
 def run_rl(name, preset, base, args, res, device, val_latents) -> tuple:
-    from xtalforge.rewards.base import build_reward
+    from xtalforge.rewards.registry import build_reward
     from xtalforge.rl.grpo import GRPOConfig, GRPOTrainer
 
     gen = copy.deepcopy(base)
@@ -333,7 +333,7 @@ def main() -> None:
     print(f"device {device} ({dev_name}), torch {torch.__version__}, args {vars(args)}")
 
     from xtalforge.models.generator import LatentDiffusionGenerator, file_sha256
-    from xtalforge.rewards.base import RewardResources
+    from xtalforge.rewards.resources import RewardResources
     from xtalforge.rewards.surrogate import encode_structures, train_surrogate
     from xtalforge.screening.hull import ReferenceHull
     from xtalforge.screening.metrics import ReferenceSet

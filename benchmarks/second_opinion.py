@@ -28,7 +28,7 @@ Every model is evaluated the way the generator studies screen samples
 (:func:`xtalforge.screening.screen.screen_structures`, single points, no relaxation):
 ``None`` structures and structures failing the 0.5 Å structural check are not evaluated,
 cells below ``--min-volume-per-atom`` (2 Å^3/atom) are refused before the MLIP
-(:class:`xtalforge.rewards.base.GuardedEnergyModel`), a model failure on one structure is
+(:class:`xtalforge.rewards.resources.GuardedEnergyModel`), a model failure on one structure is
 recorded with its reason and never stops the run.
 
 Energy scale. CHGNet 0.3.0 is trained on MP2020-corrected MPtrj energies; SevenNet-0 is trained
@@ -209,7 +209,7 @@ def score(model, hull, entries: list[dict], min_vpa: float, batch_size: int,
     Returns a dict of arrays ``e_hull``, ``e_hull_uncorrected`` (with a correction),
     ``energy_per_atom``, ``error`` and the evaluation time ``seconds`` / count ``n_evaluated``.
     """
-    from xtalforge.rewards.base import GuardedEnergyModel
+    from xtalforge.rewards.resources import GuardedEnergyModel
     from xtalforge.screening.metrics import structural_validity
 
     n = len(entries)

@@ -32,7 +32,7 @@ from xtalforge.rewards import (
     register_reward,
     unbiased_mmd2,
 )
-from xtalforge.rewards import base as rbase
+from xtalforge.rewards import registry as rbase
 from xtalforge.rewards.components import (
     CompositionDiversityReward,
     CreativityReward,
@@ -347,13 +347,13 @@ def test_registry_paths_and_entry_points(monkeypatch):
     assert get_reward_class("xtalforge.rewards.components:StabilityReward") is StabilityReward
     ep = EntryPoint(name="plugin_stability", value="xtalforge.rewards.components:StabilityReward",
                     group="xtalforge.rewards")
-    monkeypatch.setattr(rbase, "_entry_points", lambda: {"plugin_stability": ep})
+    monkeypatch.setattr(rbase, "entry_points", lambda: {"plugin_stability": ep})
     assert "plugin_stability" in available_rewards()
     assert get_reward_class("plugin_stability") is StabilityReward
     with pytest.raises(KeyError, match="unknown reward component 'nope'"):
         get_reward_class("nope")
     with pytest.raises(TypeError):
-        get_reward_class("xtalforge.rewards.base:RewardContext")
+        get_reward_class("xtalforge.rewards.metrics:RewardContext")
     with pytest.raises(ValueError, match="already registered"):
         register_reward("creativity")(type("Other", (RewardComponent,), {
             "compute": lambda self, ctx: np.zeros(len(ctx))}))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -73,7 +72,9 @@ class _Group(TyperGroup):
     """Turn user errors raised by any command into one line on stderr and exit code 2."""
 
     def invoke(self, ctx):  # noqa: D102
-        _State.debug = os.environ.get("XTALFORGE_DEBUG", "") not in ("", "0")
+        from xtalforge.settings import get_settings
+
+        _State.debug = get_settings().DEBUG
         try:
             return super().invoke(ctx)
         except _user_error_types() as exc:

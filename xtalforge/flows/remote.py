@@ -226,16 +226,18 @@ def campaign_store(store: JobStore | None = None) -> JobStore:
     from jobflow import CURRENT_JOB
 
     if in_jobflow_remote():
+        from xtalforge.settings import get_settings
         from xtalforge.stores.config import STORE_ENV, build_job_store
 
-        setting = os.environ.get(STORE_ENV)
+        settings = get_settings()
+        setting = settings.STORE
         if not setting:
             raise RuntimeError(
                 f"running under jobflow-remote without ${STORE_ENV}: export it in the worker's "
                 "pre_run (the campaign store: mongodb://..., montydb:///path or store.yaml) so "
                 "that xtalforge jobs can read and write campaign documents"
             )
-        js = build_job_store(setting, os.environ.get("XTALFORGE_HOME", "."))
+        js = build_job_store(setting, settings.HOME or ".")
         js.connect()
         return js
     js = store or CURRENT_JOB.store

@@ -167,7 +167,7 @@ def _build_resources(maker: RLFineTuneMaker, ctx: JobContext, generator, reward,
     """Reward resources, validation latents and notes, building only what the reward needs."""
     import numpy as np
 
-    from xtalforge.rewards.base import RewardResources
+    from xtalforge.rewards.resources import RewardResources
     from xtalforge.rewards.surrogate import encode_structures
     from xtalforge.screening.metrics import ReferenceSet
 
@@ -281,7 +281,7 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
     import torch
 
     from xtalforge.models.generator import LatentDiffusionGenerator
-    from xtalforge.rewards.base import build_reward
+    from xtalforge.rewards.registry import build_reward
     from xtalforge.rl.grpo import GRPOTrainer
 
     t0 = time.perf_counter()

@@ -14,31 +14,18 @@ Quick use::
 Custom components: subclass :class:`RewardComponent`, decorate with
 ``@register_reward("my_name")`` (or expose it as an entry point in the ``xtalforge.rewards``
 group of your own package, or refer to it as ``"my_module:MyReward"``), then
-``build_reward([{"name": "my_name", "weight": 0.5}, ...])``. See :mod:`xtalforge.rewards.base`.
+``build_reward([{"name": "my_name", "weight": 0.5}, ...])``. See :mod:`xtalforge.rewards.base`
+(components, composite), :mod:`~.metrics` (metric providers), :mod:`~.resources` and
+:mod:`~.registry`.
 """
 
 from xtalforge.rewards.base import (
-    ENTRY_POINT_GROUP,
     CompositeReward,
-    GuardedEnergyModel,
     RewardBreakdown,
     RewardComponent,
-    RewardContext,
-    RewardResources,
-    amd_vector,
-    amd_vectors,
-    available_metrics,
-    available_rewards,
-    build_reward,
-    get_reward_class,
-    mmd_loo_utilities,
     normalize_values,
-    register_metric,
-    register_reward,
-    unbiased_mmd2,
 )
 from xtalforge.rewards.components import (
-    REWARD_PRESETS,
     CompositionDiversityReward,
     CreativityReward,
     DielectricFoMReward,
@@ -47,6 +34,23 @@ from xtalforge.rewards.components import (
     StabilityReward,
     StructureDiversityReward,
 )
+from xtalforge.rewards.metrics import (
+    RewardContext,
+    available_metrics,
+    mmd_loo_utilities,
+    register_metric,
+    unbiased_mmd2,
+)
+from xtalforge.rewards.registry import (
+    ENTRY_POINT_GROUP,
+    REWARD_PRESETS,
+    available_rewards,
+    build_reward,
+    get_reward_class,
+    register_reward,
+)
+from xtalforge.rewards.resources import GuardedEnergyModel, RewardResources
+from xtalforge.screening.metrics import amd_vector, amd_vectors
 
 __all__ = [
     "ENTRY_POINT_GROUP",

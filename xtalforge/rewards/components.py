@@ -34,14 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from xtalforge.rewards.base import (
-    RewardComponent,
-    RewardContext,
-    mmd_loo_utilities,
-    register_reward,
-)
+from xtalforge.rewards.base import RewardComponent
+from xtalforge.rewards.metrics import RewardContext, mmd_loo_utilities
 
 __all__ = [
+    "BUILTIN_REWARDS",
     "REWARD_PRESETS",
     "CompositionDiversityReward",
     "CreativityReward",
@@ -53,7 +50,6 @@ __all__ = [
 ]
 
 
-@register_reward("creativity")
 class CreativityReward(RewardComponent):
     """Park & Walsh 2025 creativity: uniqueness and novelty with a continuous AMD fallback.
 
@@ -62,6 +58,8 @@ class CreativityReward(RewardComponent):
     formula, clipped to ``[0, clip]`` (via
     :func:`xtalforge.screening.metrics.creativity_reward`).
     """
+
+    name = "creativity"
 
     required_metrics = ("unique", "novel", "min_amd_distance")
     default_failure_value = 0.0
@@ -82,9 +80,10 @@ class CreativityReward(RewardComponent):
         return r
 
 
-@register_reward("stability")
 class StabilityReward(RewardComponent):
     """``-clip(E_hull, 0, clip)`` from the energy model and hull of the screening layer."""
+
+    name = "stability"
 
     required_metrics = ("e_above_hull",)
     default_failure_value = -1.0
@@ -162,24 +161,25 @@ class _DiversityReward(RewardComponent):
         return out
 
 
-@register_reward("composition_diversity")
 class CompositionDiversityReward(_DiversityReward):
     """Compositional diversity: LOO MMD utility on VAE composition embeddings."""
+
+    name = "composition_diversity"
 
     embedding = "composition_embedding"
     reference_attr = "reference_composition_embeddings"
 
 
-@register_reward("structure_diversity")
 class StructureDiversityReward(_DiversityReward):
     """Structural diversity: LOO MMD utility on VAE structure embeddings (paper weight 0.1)."""
+
+    name = "structure_diversity"
 
     embedding = "structure_embedding"
     reference_attr = "reference_structure_embeddings"
     default_weight = 0.1
 
 
-@register_reward("property_target")
 class PropertyTargetReward(RewardComponent):
     """``-(P_pred - target)^2`` from a surrogate (Note S1: band gap, target 3 eV).
 
@@ -190,6 +190,8 @@ class PropertyTargetReward(RewardComponent):
     target
         Target value (eV for a band gap).
     """
+
+    name = "property_target"
 
     default_failure_value = "min"
 
@@ -209,9 +211,10 @@ class PropertyTargetReward(RewardComponent):
         return -((p - self.target) ** 2)
 
 
-@register_reward("property")
 class PropertyReward(RewardComponent):
     """The surrogate prediction itself (maximised), optionally clipped to ``[lo, hi]``."""
+
+    name = "property"
 
     default_failure_value = "min"
 
@@ -234,13 +237,14 @@ class PropertyReward(RewardComponent):
         return p
 
 
-@register_reward("dielectric_fom")
 class DielectricFoMReward(RewardComponent):
     """Cao & Wang 2025 figure of merit ``eps_elec * E_g`` from two configured surrogates.
 
     Predictions are clipped at 0 from below (negative gaps or permittivities are surrogate
     artefacts). Both surrogates must be present in ``RewardResources.surrogates``.
     """
+
+    name = "dielectric_fom"
 
     default_failure_value = "min"
 
@@ -284,3 +288,14 @@ REWARD_PRESETS: dict[str, list[dict[str, Any]]] = {
         {"name": "composition_diversity", "weight": 0.5},
     ],
 }
+
+#: Components registered under their ``name`` by :mod:`xtalforge.rewards.registry`.
+BUILTIN_REWARDS: tuple[type[RewardComponent], ...] = (
+    CreativityReward,
+    StabilityReward,
+    CompositionDiversityReward,
+    StructureDiversityReward,
+    PropertyTargetReward,
+    PropertyReward,
+    DielectricFoMReward,
+)

@@ -73,7 +73,8 @@ from xtalforge.models.diffusion import gaussian_kl
 if TYPE_CHECKING:  # pragma: no cover
     from xtalforge.models.diffusion import LatentDiffusion, Trajectory
     from xtalforge.models.generator import LatentDiffusionGenerator
-    from xtalforge.rewards.base import CompositeReward, RewardBreakdown, RewardResources
+    from xtalforge.rewards.base import CompositeReward, RewardBreakdown
+    from xtalforge.rewards.resources import RewardResources
 
 logger = logging.getLogger(__name__)
 
@@ -511,7 +512,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ rewards
     def score(self, rollout: Rollout) -> tuple[RewardBreakdown, Any]:
         """Rewards of a rollout; returns the breakdown and the :class:`RewardContext`."""
-        from xtalforge.rewards.base import RewardContext
+        from xtalforge.rewards.metrics import RewardContext
 
         ctx = RewardContext(rollout.structures, self.resources, groups=rollout.groups,
                             latents=rollout.latents, mask=rollout.mask)
@@ -677,7 +678,7 @@ class GRPOTrainer:
             ``eval/<key>`` for the batch fractions of :meth:`RewardContext.batch_summary` and
             the raw reward means of :meth:`RewardBreakdown.summary`.
         """
-        from xtalforge.rewards.base import RewardContext
+        from xtalforge.rewards.metrics import RewardContext
 
         cfg = self.config
         gen = self.generator

@@ -99,6 +99,7 @@ __all__ = [
     "MetricsReport",
     "ReferenceSet",
     "aggregate",
+    "amd_vector",
     "amd_vectors",
     "compute_metrics",
     "coverage",
@@ -288,7 +289,9 @@ def _start_method() -> str:
     (or ``forkserver``) to avoid forking a process that holds threads.
     """
     methods = multiprocessing.get_all_start_methods()
-    wanted = os.environ.get("XTALFORGE_MP_START")
+    from xtalforge.settings import get_settings
+
+    wanted = get_settings().MP_START
     if wanted:
         return wanted
     return "fork" if "fork" in methods else "spawn"
@@ -516,6 +519,48 @@ def _amd_module() -> Any:
             "the importable 'amd' module is not average-minimum-distance (the PyPI package "
             "'AMD' is an unrelated Arduino library): pip install average-minimum-distance")
     return amd
+
+
+def amd_vector(structure: Structure, k: int = 100) -> np.ndarray:
+    """Average Minimum Distance vector of a periodic structure (Widdowson et al. 2022).
+
+    ``AMD_j`` is the distance from an atom to its ``j``-th nearest neighbour (all periodic
+    images, any species), averaged over the atoms of the unit cell, ``j = 1..k``. This is
+    ``amd.AMD(periodicset_from_pymatgen_structure(s), k)`` computed with pymatgen neighbour
+    lists: the definition written out, which checks :func:`amd_vectors` (the package's
+    implementation, used by every metric). Invariant to the choice of (super)cell.
+
+    Parameters
+    ----------
+    structure
+        pymatgen ``Structure``.
+    k
+        Number of neighbours.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[k]`` (Å).
+    """
+    n = len(structure)
+    vol = float(structure.volume)
+    if n == 0 or not math.isfinite(vol) or vol <= 0:
+        raise ValueError("empty structure or degenerate cell")
+    density = n / vol
+    r = (3.0 * (k + 1) / (4.0 * math.pi * density)) ** (1.0 / 3.0) * 1.15 + 0.5
+    for _ in range(12):
+        centers, _, _, dists = structure.get_neighbor_list(r)
+        counts = np.bincount(centers, minlength=n)
+        if counts.min() >= k:
+            break
+        r *= 1.3
+    else:  # pragma: no cover - pathological cells
+        raise ValueError(f"could not find {k} neighbours within {r:.1f} Å")
+    order = np.lexsort((dists, centers))
+    centers, dists = centers[order], dists[order]
+    starts = np.searchsorted(centers, np.arange(n))
+    rows = np.stack([dists[s : s + k] for s in starts])
+    return rows.mean(0)
 
 
 def amd_vectors(structures: Sequence[Structure | None], k: int = 100) -> np.ndarray:

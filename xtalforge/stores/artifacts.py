@@ -24,6 +24,7 @@ from typing import Any
 
 from maggma.core import Store
 
+from xtalforge.settings import get_settings
 from xtalforge.stores.documents import clean_floats, now
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,7 @@ class CheckpointNotFound(FileNotFoundError):
 
 def cache_dir() -> Path:
     """Return the local checkpoint cache directory."""
-    root = os.environ.get("XTALFORGE_CACHE", Path.home() / ".cache" / "xtalforge")
-    p = Path(root) / "checkpoints"
+    p = get_settings().CACHE / "checkpoints"
     p.mkdir(parents=True, exist_ok=True)
     return p
 

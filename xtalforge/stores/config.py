@@ -37,6 +37,8 @@ from urllib.parse import urlparse
 from jobflow import JobStore
 from maggma.stores import MemoryStore, MongoStore, MontyStore
 
+from xtalforge.settings import get_settings
+
 logger = logging.getLogger(__name__)
 
 #: Environment variable holding the store setting.
@@ -60,7 +62,7 @@ class StoreConfigError(ValueError):
 def resolve_setting(setting: str | os.PathLike | None) -> str:
     """Return the effective store setting (argument, then ``$XTALFORGE_STORE``, then embedded)."""
     if setting is None or str(setting) == "":
-        setting = os.environ.get(STORE_ENV, "")
+        setting = get_settings().STORE
     return str(setting) if setting else "embedded"
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from jobflow import JobStore
 from pymatgen.core import Structure
 
+from xtalforge.settings import DEFAULT_HOME, get_settings
 from xtalforge.stores.config import additional, build_job_store
 from xtalforge.stores.documents import STRUCTURE_STAGES, find
 from xtalforge.stores.provenance import get_campaign, list_campaigns
@@ -44,12 +45,12 @@ _BOOKKEEPING = {
 }
 
 #: Default root of embedded campaigns (``$XTALFORGE_HOME`` overrides it).
-DEFAULT_ROOT = "xtalforge_campaigns"
+DEFAULT_ROOT = str(DEFAULT_HOME)
 
 
 def default_root() -> Path:
     """Return the embedded campaigns directory (``$XTALFORGE_HOME`` or ./xtalforge_campaigns)."""
-    return Path(os.environ.get("XTALFORGE_HOME", DEFAULT_ROOT))
+    return get_settings().campaigns_home
 
 
 class CampaignResults:
