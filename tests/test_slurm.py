@@ -107,7 +107,7 @@ def test_route_jobs_sets_run_config_by_resource_tag():
     a, b, c = add_one(1), add_one(2), add_one(3)
     tag_resource(a, "gpu")
     tag_resource(b, "vasp")
-    c.name = "sample structures"  # untagged: routed by name
+    c.name = "sample structures"  # untagged: the name plays no part, it runs as cpu
     flow = Flow([a, b, c])
     routed = route_jobs(
         flow,
@@ -115,11 +115,11 @@ def test_route_jobs_sets_run_config_by_resource_tag():
         cpu_worker="cpu_w",
         resources={"gpu": {"gres": "gpu:1"}, "vasp": {"ntasks": 64}},
     )
-    assert routed == {"gpu": ["add_one", "sample structures"], "vasp": ["add_one"]}
+    assert routed == {"gpu": ["add_one"], "vasp": ["add_one"], "cpu": ["sample structures"]}
     assert a.config.manager_config["worker"] == "gpu_w"
     assert a.config.manager_config["resources"] == {"gres": "gpu:1"}
     assert b.config.manager_config == {"worker": "cpu_w", "resources": {"ntasks": 64}}
-    assert c.config.manager_config["worker"] == "gpu_w"
+    assert c.config.manager_config["worker"] == "cpu_w"
     assert b.metadata[ROUTES_KEY]["vasp"]["worker"] == "cpu_w"
     # jobs that share a decorator's JobConfig object must not share the routing
     assert a.config is not b.config

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from pymatgen.core import Element, Structure
 
-from xtalforge.data.loaders import LoadReport, _finish
+from xtalforge.data.loaders import LoadReport, build_load_report
 
 logger = logging.getLogger(__name__)
 
@@ -161,4 +161,4 @@ def _build(max_atoms: int, n_substitutions: int, progress: bool) -> LoadReport:
                     {"source": "substitution", "prototype": props["prototype"], "parent": sid},
                 )
             )
-    return _finish("demo", None, items, progress)
+    return build_load_report("demo", None, items, progress)

@@ -152,7 +152,7 @@ def _clean_value(v: Any) -> Any:
     return v
 
 
-def _finish(
+def build_load_report(
     name: str, path: str | None, items: Iterable[tuple[str, Any, dict[str, Any]]], progress: bool
 ) -> LoadReport:
     """Parse and validate ``(source_id, structure-or-callable, properties)`` items."""
@@ -214,7 +214,7 @@ def load_cdvae_csv(
                 continue
             yield sid, (lambda c=cif: _parse_cif(c)), {k: row[k] for k in prop_cols}
 
-    return _finish(path.name.split(".")[0], str(path), items(), progress)
+    return build_load_report(path.name.split(".")[0], str(path), items(), progress)
 
 
 def _raiser(exc: Exception):
@@ -260,7 +260,7 @@ def load_pymatgen_json(
             else:
                 yield sid, _raiser(ValueError("no structure in record")), {}
 
-    return _finish(path.name.split(".")[0], str(path), items(), progress)
+    return build_load_report(path.name.split(".")[0], str(path), items(), progress)
 
 
 def _atoms_items(atoms_iter: Iterable[tuple[str, Any, dict[str, Any]]]):
@@ -293,7 +293,7 @@ def load_extxyz(path: str | Path, limit: int | None = None, progress: bool = Tru
             else:
                 yield from _atoms_items([(sid, atoms, props)])
 
-    return _finish(path.name.split(".")[0], str(path), items(), progress)
+    return build_load_report(path.name.split(".")[0], str(path), items(), progress)
 
 
 def load_ase_db(path: str | Path, limit: int | None = None, progress: bool = True) -> LoadReport:
@@ -309,7 +309,7 @@ def load_ase_db(path: str | Path, limit: int | None = None, progress: bool = Tru
                 break
             yield str(row.get("uid", row.id)), row.toatoms(), dict(row.key_value_pairs)
 
-    return _finish(path.name.split(".")[0], str(path), _atoms_items(gen()), progress)
+    return build_load_report(path.name.split(".")[0], str(path), _atoms_items(gen()), progress)
 
 
 def load_dataset(

@@ -2,9 +2,11 @@
 
 Routing
 -------
-Every xtalforge job may carry ``metadata["xtalforge_resource"]`` = ``"gpu"`` (training, RL,
+Every xtalforge job carries ``metadata["xtalforge_resource"]`` = ``"gpu"`` (training, RL,
 sampling, MLIP screening on a GPU node), ``"cpu"`` (bookkeeping, collectors) or ``"vasp"``
-(atomate2 VASP jobs). :func:`route_jobs` turns the tags into jobflow-remote run configurations
+(atomate2 VASP jobs), set by its decorator (:func:`xtalforge.makers.base.stage_job`); untagged
+jobs run as ``"cpu"``. The routing helpers live in :mod:`xtalforge.makers.base` and are
+re-exported here. :func:`route_jobs` turns the tags into jobflow-remote run configurations
 (``jobflow_remote.config.jobconfig.set_run_config``: worker, resources, exec_config) so that GPU
 stages go to a GPU worker and VASP jobs to a CPU worker. Jobs created at run time by a dynamic
 job (e.g. the DFT flows built by :class:`~xtalforge.makers.dft.DFTValidationMaker`) are routed by
@@ -31,7 +33,6 @@ or MongoDB).
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import shlex
@@ -42,122 +43,40 @@ from typing import Any
 
 from jobflow import Flow, Job, JobStore
 
+from xtalforge.makers.base import (
+    RESOURCE_KEY,
+    RESOURCE_KINDS,
+    ROUTES_KEY,
+    apply_routes,
+    job_resource,
+    make_routes,
+    tag_resource,
+)
+from xtalforge.stores.config import campaign_store, in_jobflow_remote
 from xtalforge.stores.jobgraph import iter_jobs
 
+__all__ = [
+    "RESOURCE_KEY",
+    "RESOURCE_KINDS",
+    "ROUTES_KEY",
+    "apply_routes",
+    "campaign_store",
+    "in_jobflow_remote",
+    "iter_jobs",
+    "job_resource",
+    "jobstore_spec",
+    "make_project_config",
+    "make_routes",
+    "prepare_flow",
+    "projects_folder",
+    "route_jobs",
+    "run_with_runner",
+    "slurm_worker",
+    "submit_campaign",
+    "tag_resource",
+]
+
 logger = logging.getLogger(__name__)
-
-#: Job metadata key naming the resource a job needs.
-RESOURCE_KEY = "xtalforge_resource"
-#: Job metadata key holding the routing table (for dynamic jobs that create more jobs).
-ROUTES_KEY = "xtalforge_routes"
-#: Known resource kinds.
-RESOURCE_KINDS = ("gpu", "cpu", "vasp")
-#: Fallback for jobs without a resource tag: job-name substrings -> kind.
-DEFAULT_KIND_BY_NAME: dict[str, str] = {
-    "pretrain": "gpu",
-    "train": "gpu",
-    "fine-tune": "gpu",
-    "finetune": "gpu",
-    "sample": "gpu",
-    "screen": "gpu",
-}
-
-
-# --------------------------------------------------------------------------- helpers
-def tag_resource(flow_or_job: Flow | Job, kind: str) -> Flow | Job:
-    """Set ``metadata["xtalforge_resource"] = kind`` on every job of a flow (in place)."""
-    if kind not in RESOURCE_KINDS:
-        raise ValueError(f"unknown resource kind {kind!r}; expected one of {RESOURCE_KINDS}")
-    for j in iter_jobs(flow_or_job):
-        j.metadata[RESOURCE_KEY] = kind
-    return flow_or_job
-
-
-def job_resource(
-    job: Job, kind_by_name: Mapping[str, str] | None = None, default: str = "cpu"
-) -> str:
-    """Return the resource kind of a job: its tag, else a job-name match, else ``default``."""
-    kind = (job.metadata or {}).get(RESOURCE_KEY)
-    if kind:
-        return str(kind)
-    name = (job.name or "").lower()
-    for sub, k in (DEFAULT_KIND_BY_NAME if kind_by_name is None else kind_by_name).items():
-        if sub.lower() in name:
-            return k
-    return default
-
-
-def make_routes(
-    gpu_worker: str | None = None,
-    cpu_worker: str | None = None,
-    vasp_worker: str | None = None,
-    resources: Mapping[str, Any] | None = None,
-    exec_config: Mapping[str, Any] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Return a routing table ``{kind: {"worker", "resources", "exec_config"}}``.
-
-    ``vasp_worker`` defaults to ``cpu_worker``; ``resources`` and ``exec_config`` map a kind to
-    the jobflow-remote ``resources`` (QResources dict or scheduler keywords) and ``exec_config``
-    (name or dict) of its jobs. Kinds without a worker are left out (the submit default applies).
-    """
-    workers = {"gpu": gpu_worker, "cpu": cpu_worker, "vasp": vasp_worker or cpu_worker}
-    resources = dict(resources or {})
-    exec_config = dict(exec_config or {})
-    unknown = (set(resources) | set(exec_config)) - set(RESOURCE_KINDS)
-    if unknown:
-        raise ValueError(f"unknown resource kinds {sorted(unknown)}; expected {RESOURCE_KINDS}")
-    routes: dict[str, dict[str, Any]] = {}
-    for kind in RESOURCE_KINDS:
-        r = {
-            "worker": workers[kind],
-            "resources": copy.deepcopy(resources.get(kind)),
-            "exec_config": copy.deepcopy(exec_config.get(kind)),
-        }
-        if any(v is not None for v in r.values()):
-            routes[kind] = r
-    return routes
-
-
-def _set_route(job: Job, route: Mapping[str, Any]) -> None:
-    from jobflow_remote.config.jobconfig import set_run_config
-
-    set_run_config(
-        job,
-        worker=route.get("worker"),
-        resources=route.get("resources"),
-        exec_config=route.get("exec_config"),
-        dynamic=False,
-    )
-
-
-def apply_routes(
-    flow: Flow | Job | list,
-    routes: Mapping[str, Mapping[str, Any]] | None,
-    kind_by_name: Mapping[str, str] | None = None,
-    default: str = "cpu",
-) -> dict[str, list[str]]:
-    """Apply a routing table (see :func:`make_routes`) to every job of ``flow`` (in place).
-
-    Each job gets the run configuration of its resource kind and keeps the table in its
-    metadata (``xtalforge_routes``) so that jobs it creates at run time can be routed too.
-
-    Returns
-    -------
-    dict
-        ``{kind: [job names]}``.
-    """
-    out: dict[str, list[str]] = {}
-    for j in iter_jobs(flow):
-        kind = job_resource(j, kind_by_name, default)
-        out.setdefault(kind, []).append(j.name)
-        if not routes:
-            continue
-        j.metadata[ROUTES_KEY] = copy.deepcopy(dict(routes))
-        route = routes.get(kind)
-        if route:
-            _set_route(j, route)
-    return out
-
 
 def route_jobs(
     flow: Flow | Job,
@@ -166,7 +85,6 @@ def route_jobs(
     vasp_worker: str | None = None,
     resources: Mapping[str, Any] | None = None,
     exec_config: Mapping[str, Any] | None = None,
-    kind_by_name: Mapping[str, str] | None = None,
     default: str = "cpu",
 ) -> dict[str, list[str]]:
     """Route GPU stages to ``gpu_worker``, VASP jobs to ``vasp_worker``, the rest to ``cpu_worker``.
@@ -184,9 +102,6 @@ def route_jobs(
     exec_config
         ``{kind: exec_config}`` (name of a project exec_config or a dict: modules, export,
         pre_run).
-    kind_by_name
-        Fallback for untagged jobs: job-name substring -> kind (default
-        :data:`DEFAULT_KIND_BY_NAME`).
     default
         Kind of untagged jobs that match no name.
 
@@ -196,54 +111,7 @@ def route_jobs(
         ``{kind: [job names]}`` as routed (dynamic jobs are routed when they are created).
     """
     routes = make_routes(gpu_worker, cpu_worker, vasp_worker, resources, exec_config)
-    return apply_routes(flow, routes, kind_by_name, default)
-
-
-# --------------------------------------------------------------------------- stores
-def in_jobflow_remote() -> bool:
-    """Return whether the current process is running a job for jobflow-remote."""
-    try:
-        from jobflow_remote.jobs.run import CURRENT_JOBDOC
-    except ImportError:  # pragma: no cover - jobflow-remote is a dependency
-        return False
-    return CURRENT_JOBDOC.job_doc is not None
-
-
-def campaign_store(store: JobStore | None = None) -> JobStore:
-    """Return the campaign's JobStore for a running xtalforge job.
-
-    Under jobflow-remote the running job's store is a temporary per-job JSON store, which neither
-    holds the campaign's documents nor copies back documents keyed on ``doc_id``; the campaign
-    store is then built from ``$XTALFORGE_STORE`` (a ``mongodb://`` URI, ``montydb:///path`` or a
-    store YAML; export it in the worker's ``pre_run``). Elsewhere ``store`` (or the running job's
-    store) is returned.
-
-    Raises
-    ------
-    RuntimeError
-        Under jobflow-remote without ``$XTALFORGE_STORE``.
-    """
-    from jobflow import CURRENT_JOB
-
-    if in_jobflow_remote():
-        from xtalforge.settings import get_settings
-        from xtalforge.stores.config import STORE_ENV, build_job_store
-
-        settings = get_settings()
-        setting = settings.STORE
-        if not setting:
-            raise RuntimeError(
-                f"running under jobflow-remote without ${STORE_ENV}: export it in the worker's "
-                "pre_run (the campaign store: mongodb://..., montydb:///path or store.yaml) so "
-                "that xtalforge jobs can read and write campaign documents"
-            )
-        js = build_job_store(setting, settings.HOME or ".")
-        js.connect()
-        return js
-    js = store or CURRENT_JOB.store
-    if js is None:
-        raise RuntimeError("no JobStore: run the job through jobflow or pass a store")
-    return js
+    return apply_routes(flow, routes, default)
 
 
 def jobstore_spec(

@@ -57,15 +57,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jobflow import Flow, Job, JobConfig, Maker, OnMissing, Response, job
+from jobflow import Flow, Job, Maker, OnMissing, Response
 
-from xtalforge.flows.remote import (
+from xtalforge.makers.base import (
     RESOURCE_KEY,
     ROUTES_KEY,
     apply_routes,
-    campaign_store,
+    job_context,
+    stage_job,
 )
-from xtalforge.makers.base import job_context, store_config
+from xtalforge.stores.config import campaign_store
 from xtalforge.stores.documents import STRUCTURE_STAGES, bulk_upsert, find, make_result_doc
 from xtalforge.stores.jobgraph import iter_jobs, replaced_output
 
@@ -480,7 +481,7 @@ class DFTCollectMaker(Maker):
             "signed": True,
         }
 
-    @job(config=store_config(on_missing_references=OnMissing.NONE))
+    @stage_job(resource="cpu", on_missing_references=OnMissing.NONE)
     def make(self, structure_id: str, tasks: dict[str, Any], info: dict[str, Any]) -> dict:
         """Compute the DFT fields of one structure and write its ``dft`` document.
 
@@ -673,7 +674,7 @@ class DFTCollectMaker(Maker):
         return doc
 
 
-@job(config=JobConfig(on_missing_references=OnMissing.NONE))
+@stage_job(resource="cpu", on_missing_references=OnMissing.NONE)
 def dft_summary(results: dict[str, Any], pending: Sequence[str] = ()) -> dict[str, Any]:
     """Summarise the DFT stage (the stage's final output).
 
@@ -866,7 +867,7 @@ class DFTValidationMaker(Maker):
         return flow, collector, uuids
 
     # ------------------------------------------------------------------ the job
-    @job(config=store_config(pass_manager_config=False))
+    @stage_job(resource="cpu", pass_manager_config=False)
     def make(self, screen_output: Any = None) -> Response | dict[str, Any]:
         """Select candidates from the campaign's screening documents and run their DFT.
 

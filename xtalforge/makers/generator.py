@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobflow import Flow, Job, Maker, Response, job
+from jobflow import Flow, Job, Maker, Response
 
 from xtalforge.device import resolve_device
-from xtalforge.makers.base import JobContext, job_context, store_config
+from xtalforge.makers.base import JobContext, job_context, stage_job
 from xtalforge.stores.artifacts import (
     get_training_state,
     put_checkpoint,
@@ -250,7 +250,7 @@ class VAETrainMaker(Maker):
     train: TrainConfig = field(default_factory=_train_config)
     device: str = "auto"
 
-    @job(config=store_config(), data="history")
+    @stage_job(resource="gpu", data="history")
     def make(self, dataset: Any = None) -> dict[str, Any] | Response:
         """Train; ``dataset`` (the ingest output) only orders the job after ingestion.
 
@@ -323,7 +323,7 @@ class LDMTrainMaker(Maker):
     train: TrainConfig = field(default_factory=_train_config)
     device: str = "auto"
 
-    @job(config=store_config(), data="history")
+    @stage_job(resource="gpu", data="history")
     def make(self, checkpoint: str | dict[str, Any]) -> dict[str, Any] | Response:
         """Train the LDM starting from ``checkpoint`` (reference or local path).
 
@@ -422,7 +422,7 @@ class SampleMaker(Maker):
     seed: int = 0
     label: str | None = None
 
-    @job(config=store_config())
+    @stage_job(resource="gpu")
     def make(self, checkpoint: str | dict[str, Any]) -> dict[str, Any]:
         """Sample and store; returns counts, throughput and the checkpoint reference."""
         from tqdm.auto import tqdm

@@ -6,12 +6,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from jobflow import Maker, job
+from jobflow import Maker
 from tqdm.auto import tqdm
 
 from xtalforge.data.demo import build_demo_dataset
 from xtalforge.data.loaders import LoadReport, load_dataset
-from xtalforge.makers.base import job_context, store_config
+from xtalforge.makers.base import job_context, stage_job
 from xtalforge.stores.documents import (
     bulk_upsert,
     doc_id,
@@ -70,7 +70,7 @@ class IngestDatasetMaker(Maker):
     split: str = "train"
     chunk_size: int = 500
 
-    @job(config=store_config())
+    @stage_job(resource="cpu")
     def make(self) -> dict[str, Any]:
         """Load the dataset and write its documents; returns the load summary."""
         ctx = job_context()

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobflow import Maker, job
+from jobflow import Maker
 
-from xtalforge.makers.base import job_context, store_config
+from xtalforge.makers.base import job_context, stage_job
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ReportMaker(Maker):
     near_hull_window: tuple[float, float] | None = None
     fom_top: int | None = 20
 
-    @job(config=store_config())
+    @stage_job(resource="cpu")
     def make(self, upstream: Any = None) -> dict[str, Any]:
         """Write the report of the running campaign and return its table values.
 

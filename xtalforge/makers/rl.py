@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobflow import Maker, job
+from jobflow import Maker
 
 from xtalforge.device import resolve_device
-from xtalforge.makers.base import JobContext, job_context, store_config
+from xtalforge.makers.base import JobContext, job_context, stage_job
 from xtalforge.makers.generator import dataset_structures, load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.config import additional
@@ -147,7 +147,7 @@ class RLFineTuneMaker(Maker):
     n_jobs: int = 1
     device: str = "auto"
 
-    @job(config=store_config(), data="curves")
+    @stage_job(resource="gpu", data="curves")
     def make(self, checkpoint: str | dict[str, Any],
              surrogates: dict[str, Any] | None = None,
              hull: str | dict[str, Any] | None = None) -> dict[str, Any]:
@@ -383,7 +383,7 @@ class SurrogateTrainMaker(Maker):
     seed: int = 0
     device: str = "auto"
 
-    @job(config=store_config(), data="history")
+    @stage_job(resource="gpu", data="history")
     def make(self, checkpoint: str | dict[str, Any]) -> dict[str, Any]:
         """Train on ``checkpoint``'s VAE latents; returns the surrogate reference and history."""
         return run_surrogate_training(self, job_context(), checkpoint)

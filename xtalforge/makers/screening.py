@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobflow import Maker, job
+from jobflow import Maker
 
 from xtalforge.device import resolve_device
-from xtalforge.makers.base import JobContext, job_context, store_config
+from xtalforge.makers.base import JobContext, job_context, stage_job
 from xtalforge.makers.generator import dataset_structures, load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.documents import bulk_upsert, find, make_result_doc
@@ -91,7 +91,7 @@ class HullMaker(Maker):
     relax: bool = False
     batch_size: int = 64
 
-    @job(config=store_config())
+    @stage_job(resource="gpu")
     def make(self, dataset: Any = None) -> dict[str, Any]:
         """Build or reuse the hull; returns ``{artifact, convention, reused}``."""
         from xtalforge.screening.hull import ReferenceHull, elemental_chemical_potentials
@@ -240,7 +240,7 @@ class ScreenMaker(Maker):
     one_per_composition: bool = True
     max_e_above_hull: float | None = None
 
-    @job(config=store_config())
+    @stage_job(resource="gpu")
     def make(self, samples: Any, hull: str | dict[str, Any]) -> dict[str, Any]:
         """Screen the structures of ``samples`` (SampleMaker output(s) or job uuids)."""
         from pymatgen.core import Structure

@@ -464,9 +464,9 @@ def load_training_curves(
     lists, or a DataFrame-like ``{"records": [...]}``; anything else (or no such job) gives
     ``None`` with a log message.
     """
-    from xtalforge.reports.tables import _iter_job_outputs
+    from xtalforge.reports.tables import iter_job_outputs
 
-    docs = _iter_job_outputs(results, name=job_name)
+    docs = iter_job_outputs(results, name=job_name)
     for d in reversed(docs):
         out = d.get("output")
         curves = out.get(key) if isinstance(out, Mapping) else None

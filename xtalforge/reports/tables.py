@@ -910,7 +910,7 @@ def training_formulas(df: pd.DataFrame, split: str | None = "train") -> set[str]
     return {f for f in ds.get("reduced_formula", pd.Series(dtype=object)) if f}
 
 
-def _iter_job_outputs(results: CampaignResults, name: str | None = None
+def iter_job_outputs(results: CampaignResults, name: str | None = None
                       ) -> list[dict[str, Any]]:
     crit: dict[str, Any] = {}
     if results.campaign_id:
@@ -939,7 +939,7 @@ def stored_coverage(results: CampaignResults, df: pd.DataFrame | None = None
     """
     out: dict[str, float] = {}
     samples = _stage_rows(df, "sample") if df is not None else None
-    for d in _iter_job_outputs(results):
+    for d in iter_job_outputs(results):
         o = d.get("output")
         if not isinstance(o, Mapping):
             continue

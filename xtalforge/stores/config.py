@@ -207,3 +207,47 @@ def additional(store: JobStore, name: str):
             f"the JobStore has no additional store {name!r}; xtalforge needs "
             f"{list(REQUIRED_ADDITIONAL_STORES)} (build it with xtalforge.stores.build_job_store)"
         ) from None
+
+
+# --------------------------------------------------------------------------- running jobs
+def in_jobflow_remote() -> bool:
+    """Return whether the current process is running a job for jobflow-remote."""
+    try:
+        from jobflow_remote.jobs.run import CURRENT_JOBDOC
+    except ImportError:  # pragma: no cover - jobflow-remote is a dependency
+        return False
+    return CURRENT_JOBDOC.job_doc is not None
+
+
+def campaign_store(store: JobStore | None = None) -> JobStore:
+    """Return the campaign's JobStore for a running xtalforge job.
+
+    Under jobflow-remote the running job's store is a temporary per-job JSON store, which neither
+    holds the campaign's documents nor copies back documents keyed on ``doc_id``; the campaign
+    store is then built from ``$XTALFORGE_STORE`` (a ``mongodb://`` URI, ``montydb:///path`` or a
+    store YAML; export it in the worker's ``pre_run``). Elsewhere ``store`` (or the running job's
+    store) is returned.
+
+    Raises
+    ------
+    RuntimeError
+        Under jobflow-remote without ``$XTALFORGE_STORE``.
+    """
+    from jobflow import CURRENT_JOB
+
+    if in_jobflow_remote():
+        settings = get_settings()
+        setting = settings.STORE
+        if not setting:
+            raise RuntimeError(
+                f"running under jobflow-remote without ${STORE_ENV}: export it in the worker's "
+                "pre_run (the campaign store: mongodb://..., montydb:///path or store.yaml) so "
+                "that xtalforge jobs can read and write campaign documents"
+            )
+        js = build_job_store(setting, settings.HOME or ".")
+        js.connect()
+        return js
+    js = store or CURRENT_JOB.store
+    if js is None:
+        raise RuntimeError("no JobStore: run the job through jobflow or pass a store")
+    return js
