@@ -373,8 +373,6 @@ class PretrainMaker(Maker):
         """Return the flow; its output is the LDM job's output (``checkpoint``, ``history``)."""
         vae = self.vae_maker.make(dataset)
         ldm = self.ldm_maker.make(vae.output["checkpoint"])
-        for j in (vae, ldm):
-            j.metadata["xtalforge_resource"] = "gpu"
         return Flow([vae, ldm], output=ldm.output, name=self.name)
 
 
