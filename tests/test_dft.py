@@ -240,6 +240,14 @@ def test_static_band_structure_dielectric_and_failed_run(si_refs, mock_vasp, tmp
     result = run_campaign(maker.make, cid, store, root_dir=tmp_path / "runs")
     assert result["status"] == "completed", result
 
+    # the stored dft documents read back through their schema, every key named by it
+    from xtalforge.stores.schemas import DFTDoc, DFTHullConvention, validate_document
+
+    for d in find(store.additional_stores["structures"], {"stage": "dft"}):
+        m = validate_document(d)
+        assert isinstance(m, DFTDoc) and m.model_extra == {}, sorted(m.model_extra or {})
+        if m.dft_status == "completed":
+            assert isinstance(m.dft_hull_convention, DFTHullConvention)
     df = CampaignResults(store, cid).to_dataframe().set_index("structure_id")
     g, b = df.loc[good], df.loc[bad]
     # beside the MLIP values of the screening stage
@@ -411,7 +419,10 @@ def test_dynamic_dft_jobs_are_routed_and_tagged(si_refs):
     assert [j.name for j in by_kind["vasp"]] == ["MP GGA static xf-1"]
     (static,) = by_kind["vasp"]
     assert static.config.manager_config == {"worker": "v", "resources": {"ntasks": 32}}
-    assert {j.config.manager_config.get("worker") for j in by_kind["cpu"]} == {"c"}
+    # jobflow's own "store_inputs" job (made by Response.replace) inherits the stage's tag and
+    # runs on the submit worker, as it always did; the xtalforge jobs are routed
+    routed_cpu = [j for j in by_kind["cpu"] if j.name != "store_inputs"]
+    assert routed_cpu and {j.config.manager_config.get("worker") for j in routed_cpu} == {"c"}
     assert static.metadata["campaign_id"] == cid and static.metadata["structure_id"] == "xf-1"
 
 

@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from xtalforge.cli_dft import register as register_submit
 from xtalforge.reports.cli import register as register_reports
+from xtalforge.stores.schemas import query_columns
 
 
 class UserError(Exception):
@@ -322,24 +323,8 @@ def status(
     _print_status(campaign, store, root)
 
 
-_DEFAULT_COLUMNS = [
-    "structure_id",
-    "stage",
-    "formula",
-    "nsites",
-    "valid",
-    "job_name",
-    "job_uuid",
-    "lineage.source",
-    "lineage.source_id",
-    "lineage.checkpoint_id",
-    "e_above_hull",
-    "unique",
-    "novel",
-    "msun",
-    "dft_e_above_hull",
-    "errors",
-]
+#: Default ``xtalforge query`` columns (marked in the stage schemas).
+_DEFAULT_COLUMNS = query_columns()
 
 
 @app.command()

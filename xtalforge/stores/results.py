@@ -28,21 +28,12 @@ from xtalforge.settings import DEFAULT_HOME, get_settings
 from xtalforge.stores.config import additional, build_job_store
 from xtalforge.stores.documents import STRUCTURE_STAGES, find
 from xtalforge.stores.provenance import get_campaign, list_campaigns
+from xtalforge.stores.schemas import StageDoc
 
 logger = logging.getLogger(__name__)
 
-_BOOKKEEPING = {
-    "doc_id",
-    "structure_id",
-    "campaign_id",
-    "stage",
-    "job_uuid",
-    "job_name",
-    "created_at",
-    "errors",
-    "last_updated",
-    "_id",
-}
+#: Fields every stage document has (prefixed by the stage when results are merged).
+_BOOKKEEPING = set(StageDoc.model_fields) | {"_id"}
 
 #: Default root of embedded campaigns (``$XTALFORGE_HOME`` overrides it).
 DEFAULT_ROOT = str(DEFAULT_HOME)
