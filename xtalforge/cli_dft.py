@@ -33,37 +33,6 @@ logger = logging.getLogger(__name__)
 DFT_JOB_NAME = "dft validation"
 
 
-def campaign_flow(config: dict[str, Any]):
-    """Build a campaign's flow from its configuration, its ``dft`` section included.
-
-    The stages come from :func:`xtalforge.flows.campaign.maker_from_config`; the ``dft``
-    section is read by :func:`xtalforge.makers.dft.dft_maker_from_config` (maker fields plus
-    ``relax``/``band_structure``/``dielectric``/``hull_entries`` ...) and set as the campaign
-    maker's ``dft`` stage, which chains it after the screening stage. A campaign maker without
-    a ``dft`` stage gets the DFT job appended after its flow (after ``screen`` when exposed).
-    """
-    import copy
-
-    from jobflow import Flow
-
-    from xtalforge.flows.campaign import maker_from_config
-    from xtalforge.makers.dft import dft_maker_from_config
-
-    cfg = copy.deepcopy(config)
-    dft_cfg = cfg.pop("dft", None)
-    maker = maker_from_config(cfg)
-    if dft_cfg is None:
-        return maker.make()
-    dft_maker = dft_maker_from_config(dft_cfg)
-    if hasattr(maker, "dft"):
-        maker.dft = dft_maker
-        return maker.make()
-    flow = maker.make()
-    out = flow.output if isinstance(flow.output, dict) else {}
-    dft = dft_maker.make(out.get("screen"))
-    return Flow([flow, dft], output={**out, "dft": dft.output}, name=flow.name)
-
-
 def describe_routing(flow) -> list[dict[str, Any]]:
     """Return one row per job: name, resource kind, worker, resources (as routed)."""
     from xtalforge.flows.remote import iter_jobs, job_resource
@@ -134,7 +103,9 @@ def submit(
     if pending_dft:
         flow = _pending_flow(cid, store or config.get("store"), root)
     else:
-        flow = campaign_flow(config)
+        from xtalforge.flows.campaign import maker_from_config
+
+        flow = maker_from_config(config).make()  # the one builder, as `xtalforge run` uses
     if dry_run:
         from xtalforge.flows.remote import prepare_flow
 

@@ -84,18 +84,6 @@ class CampaignConfigError(ValueError):
     """An invalid campaign configuration: an unknown key, a wrong type or a missing file."""
 
 
-GPU_STAGES = (
-    "train vae",
-    "train ldm",
-    "rl fine-tune",
-    "sample",
-    "sample base",
-    "screen",
-    "screen base",
-    "reference hull",
-)
-
-
 @dataclass
 class DiscoveryCampaignMaker(Maker):
     """Chain the stages of a discovery campaign.
@@ -200,9 +188,6 @@ class DiscoveryCampaignMaker(Maker):
             rep = self.report.make(dict(outputs))
             jobs.append(rep)
             outputs["report"] = rep.output
-        for j in jobs:
-            if hasattr(j, "name") and j.name in GPU_STAGES:
-                j.metadata.setdefault("xtalforge_resource", "gpu")
         return Flow(jobs, output=outputs, name=self.name)
 
 
