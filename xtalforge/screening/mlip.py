@@ -11,10 +11,11 @@ Every model is wrapped in an :class:`EnergyModel` with one interface::
 Specs
 -----
 ``"chgnet"`` / ``"chgnet:<name or path>"``
-    CHGNet (weights ship in the ``chgnet`` wheel, ``0.3.0`` by default). Evaluated through
-    CHGNet's own batched ``predict_structure`` (``mode="batched"``, the default: faster than
-    the ASE loop in both measurements on the 2-core CPU, see ``benchmarks/screening.py``) or
-    an ASE loop over ``CHGNetCalculator`` (``mode="ase"``).
+    CHGNet (weights ship in the ``chgnet`` wheel, ``0.3.0`` by default). Evaluated in
+    ``mode="fast"`` (the default: :mod:`xtalforge.screening.chgnet_batch`, CHGNet's graphs,
+    optionally built in ``graph_workers`` processes, one vectorised forward per batch),
+    through CHGNet's own ``predict_structure`` (``mode="batched"``) or an ASE loop over
+    ``CHGNetCalculator`` (``mode="ase"``). See ``benchmarks/chgnet_profile.py``.
 ``"mace:<path>"`` / ``"mace:<foundation name>"``
     A MACE model file (``torch.save`` of the model object, the format of ``*.model`` files), or
     a MACE-MP foundation model name (``medium-mpa-0``, ``medium``, ``small-omat-0`` ...), which
@@ -23,6 +24,13 @@ Specs
 ``"ase:<module>.<attr>"``
     Any callable returning an ASE calculator (a class or a factory function), called with the
     keyword arguments given to :func:`get_energy_model`. Evaluated one structure at a time.
+
+Relaxation
+----------
+:meth:`EnergyModel.relax` relaxes one structure at a time with an ASE optimizer (the
+reference path, every model); :meth:`EnergyModel.relax_batched` relaxes many at once with
+torch-sim's batched FIRE (:mod:`xtalforge.screening.relax`) through the model's
+:meth:`EnergyModel.torchsim_model` (CHGNet: our wrapper; MACE: torch-sim's ``MaceModel``).
 
 Failures
 --------
