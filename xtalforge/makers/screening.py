@@ -213,6 +213,15 @@ class ScreenMaker(Maker):
         MLIP batch size.
     relax, relax_kwargs
         Relax with the MLIP before the hull (MatterGen convention) or not (Chemeleon2).
+        ``relax_kwargs["backend"]``: ``"auto"`` (batched torch-sim FIRE where the model has
+        a wrapper), ``"torch-sim"`` or ``"ase"``; ``fmax``, ``steps``, ``cell_filter``,
+        ``max_atoms``. Every ``screen`` document then records ``relax_converged``,
+        ``relax_steps``, ``relax_max_force`` and ``relax_backend``.
+    graph_workers
+        Processes building MLIP graphs ahead of the model (CHGNet, MACE); 0: in the job's
+        process.
+    pipeline
+        Matching, SMACT and validity alongside the single points (same results).
     novelty_split
         Dataset split used as novelty reference (``None``: every dataset document).
     coverage
@@ -231,6 +240,8 @@ class ScreenMaker(Maker):
     batch_size: int = 64
     relax: bool = False
     relax_kwargs: dict = field(default_factory=dict)
+    graph_workers: int = 0
+    pipeline: bool = True
     novelty_split: str | None = None
     coverage: bool = True
     compute_amd: bool = False
@@ -260,7 +271,8 @@ class ScreenMaker(Maker):
             Structure.from_dict(d["structure"]) if d.get("structure") else None for d in docs
         ]
         device = resolve_device(self.device)
-        model = get_energy_model(self.mlip, device=device)
+        mlip_kw = {"graph_workers": self.graph_workers} if self.graph_workers else {}
+        model = get_energy_model(self.mlip, device=device, **mlip_kw)
         ref_hull = load_hull(hull, ctx)
         reference, _ = dataset_structures(ctx, self.novelty_split)
         emb = ref_emb = None
@@ -300,7 +312,11 @@ class ScreenMaker(Maker):
             n_jobs=self.n_jobs,
             compute_amd=self.compute_amd,
             progress=True,
+            pipeline=self.pipeline,
         )
+        close = getattr(model, "close", None)
+        if close is not None:
+            close()
         ranked = rank_candidates(
             records,
             policy=self.policy,

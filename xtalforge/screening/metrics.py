@@ -98,6 +98,7 @@ __all__ = [
     "ELEMENT_CATEGORIES",
     "MetricsReport",
     "ReferenceSet",
+    "add_stability",
     "aggregate",
     "amd_vector",
     "amd_vectors",
@@ -863,18 +864,8 @@ def compute_metrics(
     if novel is not None:
         df["novel"] = novel
         df["unique_novel"] = df["unique"] & df["novel"]
-    if e_above_hull is not None:
-        e = np.asarray(e_above_hull, dtype=float)
-        if len(e) != n:
-            raise ValueError("e_above_hull length differs from structures")
-        stable, meta = stability_flags(e, metastable_threshold=metastable_threshold,
-                                       metastable_inclusive=metastable_inclusive, tol=stable_tol)
-        df["e_above_hull"] = e
-        df["stable"] = stable
-        df["metastable"] = meta
-        if novel is not None:
-            df["sun"] = stable & df["unique_novel"].to_numpy()
-            df["msun"] = meta & df["unique_novel"].to_numpy()
+    if e_above_hull is not None and len(e_above_hull) != n:
+        raise ValueError("e_above_hull length differs from structures")
     if compute_amd:
         dmin = min_amd_distances(structures, reference, k=amd_k)
         df["min_amd_distance"] = dmin
@@ -898,4 +889,57 @@ def compute_metrics(
         "n_reference": len(reference) if reference is not None else 0,
         "amd_k": amd_k if compute_amd else None,
     }
+    report = MetricsReport(per_structure=df, summary=summary)
+    if e_above_hull is not None:
+        report = add_stability(report, e_above_hull, metastable_threshold=metastable_threshold,
+                               metastable_inclusive=metastable_inclusive, stable_tol=stable_tol)
+    return report
+
+
+def add_stability(
+    report: MetricsReport,
+    e_above_hull: Sequence[float],
+    metastable_threshold: float = METASTABLE_THRESHOLD,
+    metastable_inclusive: bool = False,
+    stable_tol: float = STABILITY_TOL,
+) -> MetricsReport:
+    """Add stability, S.U.N. and mSUN to a report computed without energies.
+
+    Matching, SMACT and validity do not depend on energies, so a pipelined screen computes
+    them while the energy model runs and adds the stability columns afterwards; the result
+    is the one :func:`compute_metrics` gives with ``e_above_hull``.
+
+    Parameters
+    ----------
+    report : MetricsReport
+        From :func:`compute_metrics` (any ``e_above_hull`` columns are replaced).
+    e_above_hull : sequence of float
+        Energies above the hull (eV/atom), NaN for failures, one per row.
+    metastable_threshold, metastable_inclusive, stable_tol
+        See :func:`stability_flags`.
+
+    Returns
+    -------
+    MetricsReport
+        A new report (the input is not modified).
+    """
+    df = report.per_structure.copy()
+    e = np.asarray(e_above_hull, dtype=float)
+    if len(e) != len(df):
+        raise ValueError("e_above_hull length differs from structures")
+    stable, meta = stability_flags(e, metastable_threshold=metastable_threshold,
+                                   metastable_inclusive=metastable_inclusive, tol=stable_tol)
+    df["e_above_hull"] = e
+    df["stable"] = stable
+    df["metastable"] = meta
+    if "unique_novel" in df:
+        df["sun"] = stable & df["unique_novel"].to_numpy()
+        df["msun"] = meta & df["unique_novel"].to_numpy()
+    summary = dict(report.summary)
+    summary.update(aggregate(df, n_total=len(df)))
+    settings = dict(summary.get("settings") or {})
+    settings["stable"] = f"e_above_hull <= 0 + {stable_tol:g}"
+    settings["metastable"] = (f"e_above_hull {'<=' if metastable_inclusive else '<'} "
+                              f"{metastable_threshold:g}")
+    summary["settings"] = settings
     return MetricsReport(per_structure=df, summary=summary)

@@ -11,10 +11,11 @@ Every model is wrapped in an :class:`EnergyModel` with one interface::
 Specs
 -----
 ``"chgnet"`` / ``"chgnet:<name or path>"``
-    CHGNet (weights ship in the ``chgnet`` wheel, ``0.3.0`` by default). Evaluated through
-    CHGNet's own batched ``predict_structure`` (``mode="batched"``, the default: faster than
-    the ASE loop in both measurements on the 2-core CPU, see ``benchmarks/screening.py``) or
-    an ASE loop over ``CHGNetCalculator`` (``mode="ase"``).
+    CHGNet (weights ship in the ``chgnet`` wheel, ``0.3.0`` by default). Evaluated in
+    ``mode="fast"`` (the default: :mod:`xtalforge.screening.chgnet_batch`, CHGNet's graphs,
+    optionally built in ``graph_workers`` processes, one vectorised forward per batch),
+    through CHGNet's own ``predict_structure`` (``mode="batched"``) or an ASE loop over
+    ``CHGNetCalculator`` (``mode="ase"``). See ``benchmarks/chgnet_profile.py``.
 ``"mace:<path>"`` / ``"mace:<foundation name>"``
     A MACE model file (``torch.save`` of the model object, the format of ``*.model`` files), or
     a MACE-MP foundation model name (``medium-mpa-0``, ``medium``, ``small-omat-0`` ...), which
@@ -23,6 +24,13 @@ Specs
 ``"ase:<module>.<attr>"``
     Any callable returning an ASE calculator (a class or a factory function), called with the
     keyword arguments given to :func:`get_energy_model`. Evaluated one structure at a time.
+
+Relaxation
+----------
+:meth:`EnergyModel.relax` relaxes one structure at a time with an ASE optimizer (the
+reference path, every model); :meth:`EnergyModel.relax_batched` relaxes many at once with
+torch-sim's batched FIRE (:mod:`xtalforge.screening.relax`) through the model's
+:meth:`EnergyModel.torchsim_model` (CHGNet: our wrapper; MACE: torch-sim's ``MaceModel``).
 
 Failures
 --------
@@ -181,6 +189,14 @@ class RelaxResult:
         Whether ``fmax`` was reached within ``steps``.
     error : str or None
         Reason of failure, ``None`` on success.
+    forces : numpy.ndarray or None
+        Final ``(n_atoms, 3)`` forces (eV/Å), when the backend returns them.
+    stress : numpy.ndarray or None
+        Final Voigt stress (eV/Å^3, ASE sign convention), when the backend returns it.
+    max_force : float
+        Largest final atomic force norm (eV/Å).
+    backend : str
+        ``"ase"`` (one structure at a time) or ``"torch-sim"`` (batched).
     """
 
     structure: Structure | None = None
@@ -189,6 +205,22 @@ class RelaxResult:
     n_steps: int = 0
     converged: bool = False
     error: str | None = None
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None
+    max_force: float = math.nan
+    backend: str = "ase"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Per-structure bookkeeping as a JSON-friendly dict (no arrays, no structure)."""
+        return {
+            "energy": float(self.energy),
+            "energy_per_atom": float(self.energy_per_atom),
+            "n_steps": int(self.n_steps),
+            "converged": bool(self.converged),
+            "max_force": float(self.max_force),
+            "error": self.error,
+            "backend": self.backend,
+        }
 
     @property
     def ok(self) -> bool:
@@ -515,21 +547,65 @@ class EnergyModel(ABC):
                     opt = opt_cls(target, logfile=None)
                     converged = bool(opt.run(fmax=fmax, steps=steps))
                     energy = float(atoms.get_potential_energy())
+                    forces = np.asarray(atoms.get_forces(), dtype=float)
                     n_steps = int(opt.nsteps)
                 atoms.calc = None
-                res = _finalize(energy, len(atoms), None, None, None)
+                res = _finalize(energy, len(atoms), forces, None, self.force_threshold)
                 rr = RelaxResult(
                     structure=AseAtomsAdaptor.get_structure(atoms) if res.ok else None,
                     energy=res.energy,
                     energy_per_atom=res.energy_per_atom,
                     n_steps=n_steps,
-                    converged=converged,
+                    converged=converged and res.ok,
                     error=res.error,
+                    forces=res.forces if res.ok else None,
+                    max_force=res.max_force,
                 )
             except Exception as exc:  # noqa: BLE001 - per-structure failure
                 rr = RelaxResult(error=f"relaxation failed: {type(exc).__name__}: {exc}"[:500])
             out.append(rr)
         return out
+
+    def torchsim_model(self) -> Any:
+        """Return a torch-sim ``ModelInterface`` for batched relaxation.
+
+        Raises
+        ------
+        NotImplementedError
+            For models without a batched wrapper (relax them with :meth:`relax`).
+        """
+        raise NotImplementedError(f"{self.name} has no torch-sim wrapper; use relax()")
+
+    @property
+    def supports_batched_relax(self) -> bool:
+        """Whether :meth:`relax_batched` is available for this model."""
+        return type(self).torchsim_model is not EnergyModel.torchsim_model
+
+    @_with_autograd
+    def relax_batched(
+        self,
+        structures: Sequence[Any],
+        fmax: float = 0.1,
+        steps: int = 200,
+        cell_filter: str | None = "FrechetCellFilter",
+        max_atoms: int | None = None,
+        check_every: int = 5,
+        progress: bool = False,
+        optimizer: str = "FIRE",
+    ) -> list[RelaxResult]:
+        """Relax many structures at once with torch-sim (batched FIRE).
+
+        See :func:`xtalforge.screening.relax.relax_batched`; ``optimizer`` must be
+        ``"FIRE"`` (the only batched optimiser with cell filters).
+        """
+        if optimizer.upper() != "FIRE":
+            raise ValueError(f"batched relaxation uses FIRE, not {optimizer!r}")
+        from xtalforge.screening.relax import relax_batched
+
+        with preserve_torch_dtype():
+            return relax_batched(self, structures, fmax=fmax, steps=steps,
+                                 cell_filter=cell_filter, max_atoms=max_atoms,
+                                 check_every=check_every, progress=progress)
 
     def predict_ase_loop(
         self,
@@ -792,6 +868,16 @@ class MACEEnergyModel(EnergyModel):
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
+    def torchsim_model(self) -> Any:
+        """torch-sim's ``MaceModel`` around this module (neighbour lists on the device)."""
+        import torch
+        from torch_sim.models.mace import MaceModel
+
+        with preserve_torch_dtype(self.dtype):
+            return MaceModel(model=self.model, device=torch.device(self.device),
+                             dtype=_torch_dtype(self.dtype), compute_forces=True,
+                             compute_stress=True)
+
     def calculator(self) -> Calculator:
         """Return mace-torch's ASE ``MACECalculator`` sharing this model."""
         from mace.calculators import MACECalculator
@@ -949,32 +1035,54 @@ def build_mace_model(
 class CHGNetEnergyModel(EnergyModel):
     """CHGNet (offline: its weights ship in the wheel).
 
-    ``mode="batched"`` uses ``CHGNet.predict_structure(list, batch_size)``; ``mode="ase"``
-    loops over structures with ``CHGNetCalculator`` (which also computes magnetic moments
-    and crystal features at every call). ``mode="auto"`` is ``"batched"``: on the shared
-    2-core CPU, 100 ~10-atom cells ran at 65.9 structures/s batched (batch 16) vs 30.2 in the
-    ASE loop, and an interleaved re-measurement under heavy load gave 1.1-1.3 vs 0.4-0.8
-    (``ecosystem.md`` had found the opposite with CHGNet's default batch handling).
+    Modes
+    -----
+    ``"fast"`` (``"auto"``)
+        :mod:`xtalforge.screening.chgnet_batch`: CHGNet's graphs, built in
+        ``graph_workers`` worker processes ahead of the model (in this process when 0),
+        concatenated on the host, one copy to the device and one vectorised forward and
+        backward per batch. Same energies as ``"batched"`` to float32 round-off.
+    ``"batched"``
+        CHGNet's own ``predict_structure(list, batch_size)``.
+    ``"ase"``
+        A loop over structures with ``CHGNetCalculator`` (the per-structure baseline).
     """
 
     model: Any = None
     mode: str = "auto"
+    graph_workers: int = 0
     _calc: Any = None
+    _pool: Any = None
 
     @property
     def effective_mode(self) -> str:
-        """Evaluation mode actually used (``"ase"`` or ``"batched"``)."""
+        """Evaluation mode actually used (``"fast"``, ``"batched"`` or ``"ase"``)."""
         if self.mode == "auto":
-            return "batched"
+            return "fast"
         return self.mode
+
+    def graph_spec(self) -> tuple[float, float, str]:
+        """``(atom cutoff, bond cutoff, algorithm)`` of the model's graph converter."""
+        conv = self.model.graph_converter
+        return (float(conv.atom_graph_cutoff), float(conv.bond_graph_cutoff),
+                str(conv.algorithm))
 
     def _predict_batch(
         self, structures: list[Any], compute_forces: bool, compute_stress: bool
     ) -> list[EnergyResult]:
-        if self.effective_mode == "ase":
+        mode = self.effective_mode
+        if mode == "ase":
             calc = self.calculator()
             return [_ase_single_point(calc, s, compute_forces, compute_stress,
                                       self.force_threshold) for s in structures]
+        if mode == "fast":
+            from xtalforge.screening import chgnet_batch as cb
+
+            graphs = cb.build_graphs([_raw_frac(s) for s in structures], self.graph_spec())
+            bad = [g for g in graphs if isinstance(g, str)]
+            if bad:
+                raise RuntimeError(bad[0])
+            return self._forward_graphs(graphs, compute_forces, compute_stress)
         task = "e" + ("f" if compute_forces else "") + ("s" if compute_stress else "")
         structs = [_to_structure(s) for s in structures]
         with preserve_torch_dtype("float32"):
@@ -994,6 +1102,146 @@ class CHGNetEnergyModel(EnergyModel):
             results.append(_finalize(e, n, f, st, self.force_threshold))
         return results
 
+    def _forward_graphs(self, graphs: list[Any], compute_forces: bool, compute_stress: bool
+                        ) -> list[EnergyResult]:
+        """One vectorised forward over already built graphs (``"fast"`` mode)."""
+        import torch
+
+        from xtalforge.screening import chgnet_batch as cb
+
+        with preserve_torch_dtype("float32"):
+            batch = cb.to_device(cb.collate(graphs), self.device)
+            out = cb.forward(self.model, batch, compute_forces, compute_stress)
+            # one device-to-host copy per quantity
+            energy = out["energy"].to("cpu", torch.float64).numpy()
+            forces = out["forces"].to("cpu", torch.float64).numpy() if compute_forces \
+                else None
+            stress = out["stress"].to("cpu", torch.float64).numpy() if compute_stress \
+                else None
+        results = []
+        start = 0
+        for k, g in enumerate(graphs):
+            n = g.n_atoms
+            f = forces[start : start + n] if forces is not None else None
+            st = _voigt(stress[k]) if stress is not None else None
+            results.append(_finalize(float(energy[k]), n, f, st, self.force_threshold))
+            start += n
+        return results
+
+    @_with_autograd
+    def predict(
+        self,
+        structures: Sequence[Any],
+        batch_size: int = 64,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        progress: bool = False,
+    ) -> list[EnergyResult]:
+        """Batched single points; see :meth:`EnergyModel.predict`.
+
+        In ``"fast"`` mode with ``graph_workers > 0`` every batch's graphs are submitted to
+        the worker pool up front, so that the workers build batch ``k+1`` while the model
+        evaluates batch ``k``; the model and the pool stay warm across calls.
+        """
+        if self.effective_mode != "fast" or self.graph_workers <= 0:
+            return super().predict(structures, batch_size, compute_forces, compute_stress,
+                                   progress)
+        from xtalforge.screening import chgnet_batch as cb
+
+        results: list[EnergyResult | None] = [None] * len(structures)
+        valid: list[int] = []
+        for i, s in enumerate(structures):
+            reason = self.check_structure(s)
+            if reason is None:
+                valid.append(i)
+            else:
+                results[i] = EnergyResult(n_atoms=_safe_len(s), error=reason)
+        batch_size = max(int(batch_size), 1)
+        batches = [valid[k : k + batch_size] for k in range(0, len(valid), batch_size)]
+        pool = self._graph_pool()
+        spec = self.graph_spec()
+        per = cb.chunk_sizes(len(valid), self.graph_workers, batch_size)
+        futures = []
+        for idx in batches:
+            raws = [_raw_frac(structures[i]) for i in idx]
+            futures.append([pool.submit(cb.build_graphs, raws[k : k + per], spec)
+                            for k in range(0, len(raws), per)])
+        iterator: Any = zip(batches, futures, strict=True)
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, total=len(batches), desc="chgnet single points",
+                            unit="batch")
+        for idx, futs in iterator:
+            try:
+                graphs = [g for f in futs for g in f.result()]
+            except Exception as exc:  # noqa: BLE001 - broken pool: build graphs here
+                logger.warning("graph workers failed (%s); building graphs in-process", exc)
+                graphs = cb.build_graphs([_raw_frac(structures[i]) for i in idx], spec)
+            ok = [k for k, g in enumerate(graphs) if not isinstance(g, str)]
+            for k, g in enumerate(graphs):
+                if isinstance(g, str):
+                    results[idx[k]] = EnergyResult(n_atoms=_safe_len(structures[idx[k]]),
+                                                   error=g)
+            if not ok:
+                continue
+            try:
+                out = self._forward_graphs([graphs[k] for k in ok], compute_forces,
+                                           compute_stress)
+            except Exception as exc:  # noqa: BLE001 - isolate in this process
+                logger.warning("batch failed (%s); retrying one by one", exc)
+                out = self._predict_isolating([structures[idx[k]] for k in ok],
+                                              compute_forces, compute_stress)
+            for k, res in zip(ok, out, strict=True):
+                results[idx[k]] = res
+        return [r if r is not None else EnergyResult(error="internal: not evaluated")
+                for r in results]
+
+    def _graph_pool(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: never fork a process holding a CUDA context
+            self._pool = ProcessPoolExecutor(self.graph_workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def build_graphs(self, raws: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                     ) -> list[Any]:
+        """CHGNet graphs of ``(numbers, frac, lattice)`` tuples (in the worker pool if any).
+
+        A structure whose graph fails gives its error message instead of a graph.
+        """
+        from xtalforge.screening import chgnet_batch as cb
+
+        spec = self.graph_spec()
+        if self.graph_workers <= 0 or len(raws) < 2 * self.graph_workers:
+            return cb.build_graphs(raws, spec)
+        per = cb.chunk_sizes(len(raws), self.graph_workers, len(raws))
+        try:
+            futs = [self._graph_pool().submit(cb.build_graphs, raws[k : k + per], spec)
+                    for k in range(0, len(raws), per)]
+            return [g for f in futs for g in f.result()]
+        except Exception as exc:  # noqa: BLE001 - broken pool: build here
+            logger.warning("graph workers failed (%s); building graphs in-process", exc)
+            self.close()
+            return cb.build_graphs(raws, spec)
+
+    def torchsim_model(self) -> Any:
+        """torch-sim wrapper (:func:`xtalforge.screening.chgnet_batch.torchsim_model`)."""
+        if self.effective_mode != "fast":
+            raise NotImplementedError("batched relaxation uses CHGNet's 'fast' mode")
+        from xtalforge.screening.chgnet_batch import torchsim_model
+
+        return torchsim_model(self)
+
+    def close(self) -> None:
+        """Shut down the graph worker pool, if any."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
     def calculator(self) -> Calculator:
         """Return a cached ``CHGNetCalculator`` sharing this model."""
         if self._calc is None:
@@ -1004,8 +1252,15 @@ class CHGNetEnergyModel(EnergyModel):
         return self._calc
 
 
+def _raw_frac(structure: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(atomic numbers, fractional coordinates, lattice rows)`` of a structure."""
+    s = _to_structure(structure)
+    return (np.asarray(s.atomic_numbers, dtype=np.int64), np.asarray(s.frac_coords),
+            np.asarray(s.lattice.matrix))
+
+
 def _load_chgnet(target: str | None, device: str, dtype: str, mode: str,
-                 force_threshold: float | None) -> CHGNetEnergyModel:
+                 force_threshold: float | None, graph_workers: int = 0) -> CHGNetEnergyModel:
     if dtype != "float32":
         raise ValueError("CHGNet is evaluated in float32 only")
     from chgnet.model import CHGNet
@@ -1032,6 +1287,7 @@ def _load_chgnet(target: str | None, device: str, dtype: str, mode: str,
                     "energy_note": "CHGNet 0.3.0 is trained on MPtrj (MP2020-compatible)"},
         model=model,
         mode=mode,
+        graph_workers=int(graph_workers),
     )
 
 
@@ -1108,8 +1364,9 @@ def get_energy_model(
     force_threshold : float or None
         Max force norm (eV/Å) above which a result is an error; ``None`` disables the check.
     **kw
-        ``head`` and ``graph_workers`` (MACE), ``mode`` (CHGNet: ``"auto"``, ``"ase"``,
-        ``"batched"``), or the keyword arguments of the ASE calculator factory.
+        ``head`` (MACE), ``graph_workers`` (MACE and CHGNet: processes building graphs
+        ahead of the model), ``mode`` (CHGNet: ``"auto"`` = ``"fast"``, ``"batched"``,
+        ``"ase"``), or the keyword arguments of the ASE calculator factory.
 
     Returns
     -------
@@ -1120,7 +1377,8 @@ def get_energy_model(
     t0 = time.perf_counter()
     if kind == "chgnet":
         model: EnergyModel = _load_chgnet(target or None, device, dtype,
-                                          kw.pop("mode", "auto"), force_threshold)
+                                          kw.pop("mode", "auto"), force_threshold,
+                                          int(kw.pop("graph_workers", 0)))
     elif kind == "mace":
         if not target:
             raise ValueError("mace spec needs a path or a foundation name: 'mace:<...>'")

@@ -19,6 +19,7 @@ import numpy as np
 from xtalforge.screening.metrics import (
     METASTABLE_THRESHOLD,
     ReferenceSet,
+    add_stability,
     compute_metrics,
     structural_validity,
 )
@@ -52,6 +53,7 @@ def screen_structures(
     metastable_inclusive: bool = False,
     include_structures: bool = False,
     progress: bool = False,
+    pipeline: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Energies, hull distances and metrics for generated structures.
 
@@ -72,7 +74,11 @@ def screen_structures(
         Relax with the energy model first (energies, hull distances and matching then use the
         relaxed structures); single points otherwise (Chemeleon2's convention).
     relax_kwargs : dict, optional
-        Passed to :meth:`EnergyModel.relax` (``optimizer``, ``fmax``, ``steps``, ``cell_filter``).
+        ``backend``: ``"torch-sim"`` (batched, :meth:`EnergyModel.relax_batched`), ``"ase"``
+        (one structure at a time, :meth:`EnergyModel.relax`) or ``"auto"`` (default:
+        batched where the model has a torch-sim wrapper and torch-sim is installed); the
+        other keys go to the relaxation (``fmax``, ``steps``, ``cell_filter``, ``optimizer``
+        for ASE, ``max_atoms`` and ``check_every`` for torch-sim).
     batch_size : int
         Single-point batch size.
     n_jobs : int
@@ -89,14 +95,21 @@ def screen_structures(
         Put the input (and relaxed) structure dicts in the records.
     progress : bool
         Progress bars.
+    pipeline : bool
+        For single points, compute uniqueness, novelty, SMACT and validity (which do not
+        depend on energies) in a background thread, with ``n_jobs`` worker processes,
+        while the energy model runs; the stability columns are added once the hull
+        distances are known. Same records as ``pipeline=False``. With ``relax`` matching
+        needs the relaxed structures and runs after the relaxation.
 
     Returns
     -------
     records : list of dict
         One per input, in order: ``index, formula, n_sites, energy, energy_per_atom,
         max_force, e_above_hull, structure_valid, smact_valid, valid, unique, novel, stable,
-        metastable, sun, msun, [min_amd_distance, creativity], relaxed, errors,
-        energy_model, hull_fingerprint``.
+        metastable, sun, msun, [min_amd_distance, creativity], relaxed, [relax_steps,
+        relax_converged, relax_max_force, relax_backend], errors, energy_model,
+        hull_fingerprint``.
     summary : dict
         Aggregated metrics (failure-aware denominators), timings, model info, hull convention.
     """
@@ -119,18 +132,52 @@ def screen_structures(
     e_pa = np.full(n, np.nan)
     max_force = np.full(n, np.nan)
     final: list[Structure | None] = list(structures)
-    relax_info: dict[int, tuple[int, bool]] = {}
+    relax_info: dict[int, tuple[int, bool, float, str]] = {}
+    metrics_kw: dict[str, Any] = {
+        "reference": reference_structures,
+        "embeddings": embeddings,
+        "reference_embeddings": reference_embeddings,
+        "compute_amd": compute_amd,
+        "n_jobs": n_jobs,
+        "matcher_kwargs": matcher_kwargs,
+        "metastable_threshold": metastable_threshold,
+        "metastable_inclusive": metastable_inclusive,
+    }
+    background = None
+    metrics_elapsed: list[float] = []
+    if pipeline and not relax:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def _metrics() -> Any:
+            t = time.perf_counter()
+            rep = compute_metrics(list(structures), e_above_hull=None, **metrics_kw)
+            metrics_elapsed.append(time.perf_counter() - t)
+            return rep
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="xtalforge-metrics")
+        background = pool.submit(_metrics)
+        pool.shutdown(wait=False)
+
     t_energy = time.perf_counter()
     sub = [structures[i] for i in to_eval]
+    backend = None
     if relax:
-        results = energy_model.relax(sub, **dict(relax_kwargs or {}), progress=progress)
+        rkw = dict(relax_kwargs or {})
+        backend = _relax_backend(energy_model, rkw.pop("backend", "auto"))
+        if backend == "torch-sim":
+            results = energy_model.relax_batched(sub, **rkw, progress=progress)
+        else:
+            rkw.pop("max_atoms", None)
+            rkw.pop("check_every", None)
+            results = energy_model.relax(sub, **rkw, progress=progress)
         for i, r in zip(to_eval, results, strict=True):
+            relax_info[i] = (r.n_steps, r.converged, r.max_force, r.backend)
             if r.error:
                 errors[i].append(f"relaxation: {r.error}")
                 continue
             energy[i], e_pa[i] = r.energy, r.energy_per_atom
+            max_force[i] = r.max_force
             final[i] = r.structure
-            relax_info[i] = (r.n_steps, r.converged)
     else:
         results_sp = energy_model.predict(sub, batch_size=batch_size, progress=progress)
         for i, r in zip(to_eval, results_sp, strict=True):
@@ -154,20 +201,17 @@ def screen_structures(
     t_hull = time.perf_counter() - t_hull
 
     t_metrics = time.perf_counter()
-    match_on = final if relax else list(structures)
-    report = compute_metrics(
-        match_on,
-        e_above_hull=ehull,
-        reference=reference_structures,
-        embeddings=embeddings,
-        reference_embeddings=reference_embeddings,
-        compute_amd=compute_amd,
-        n_jobs=n_jobs,
-        matcher_kwargs=matcher_kwargs,
-        metastable_threshold=metastable_threshold,
-        metastable_inclusive=metastable_inclusive,
-    )
-    t_metrics = time.perf_counter() - t_metrics
+    if background is not None:
+        report = add_stability(background.result(), ehull,
+                               metastable_threshold=metastable_threshold,
+                               metastable_inclusive=metastable_inclusive)
+        t_metrics_wait = time.perf_counter() - t_metrics
+        t_metrics = metrics_elapsed[0] if metrics_elapsed else t_metrics_wait
+    else:
+        match_on = final if relax else list(structures)
+        report = compute_metrics(match_on, e_above_hull=ehull, **metrics_kw)
+        t_metrics = time.perf_counter() - t_metrics
+        t_metrics_wait = t_metrics
     df = report.per_structure
     hull_fp = hull.convention.get("fingerprint")
     cols = [c for c in ("structure_valid", "smact_valid", "valid", "unique", "representative",
@@ -192,7 +236,11 @@ def screen_structures(
             errors[i].append(f"matching: {row['matching_error']}")
         rec["relaxed"] = bool(relax)
         if i in relax_info:
-            rec["relax_steps"], rec["relax_converged"] = relax_info[i]
+            steps_i, conv_i, fmax_i, backend_i = relax_info[i]
+            rec["relax_steps"] = int(steps_i)
+            rec["relax_converged"] = bool(conv_i)
+            rec["relax_max_force"] = _f(fmax_i)
+            rec["relax_backend"] = backend_i
         if include_structures:
             rec["structure"] = s.as_dict() if s is not None else None
             if relax:
@@ -211,14 +259,40 @@ def screen_structures(
         "hull_convention": hull.convention,
         "relaxed": bool(relax),
         "relax_kwargs": dict(relax_kwargs or {}) if relax else None,
+        "relax_backend": backend,
+        "n_relax_converged": int(sum(1 for v in relax_info.values() if v[1])) if relax
+        else None,
+        "pipeline": background is not None,
         "timings_s": {
             "energy": t_energy,
             "hull": t_hull,
+            # with the pipeline, metrics ran alongside the energies: "metrics" is their own
+            # time, "metrics_wait" what remained after the energies and the hull
             "metrics": t_metrics,
+            "metrics_wait": t_metrics_wait,
             "total": time.perf_counter() - t0,
         },
     })
     return records, summary
+
+
+def _relax_backend(energy_model: EnergyModel, backend: str) -> str:
+    """Resolve the relaxation backend (``"torch-sim"`` or ``"ase"``)."""
+    if backend not in ("auto", "torch-sim", "ase"):
+        raise ValueError(f"relax backend must be 'auto', 'torch-sim' or 'ase', not {backend!r}")
+    if backend != "auto":
+        return backend
+    if not energy_model.supports_batched_relax:
+        return "ase"
+    try:
+        import torch_sim  # noqa: F401
+    except ImportError:
+        logger.warning("torch-sim not installed: relaxing one structure at a time with ASE")
+        return "ase"
+    if getattr(energy_model, "effective_mode", "fast") != "fast" and \
+            energy_model.name == "chgnet":
+        return "ase"
+    return "torch-sim"
 
 
 def _f(x: float) -> float | None:
