@@ -263,7 +263,7 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return table[dtype]
 
 
-def _to_structure(obj: Any) -> Structure:
+def to_structure(obj: Any) -> Structure:
     from pymatgen.core import Structure
 
     if isinstance(obj, Structure):
@@ -286,7 +286,7 @@ def _to_atoms(obj: Any) -> Atoms:
         return obj.copy()
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    return AseAtomsAdaptor.get_atoms(_to_structure(obj))
+    return AseAtomsAdaptor.get_atoms(to_structure(obj))
 
 
 def _atomic_numbers(obj: Any) -> list[int]:
@@ -294,7 +294,7 @@ def _atomic_numbers(obj: Any) -> list[int]:
 
     if isinstance(obj, Atoms):
         return [int(z) for z in obj.get_atomic_numbers()]
-    return [int(z) for z in _to_structure(obj).atomic_numbers]
+    return [int(z) for z in to_structure(obj).atomic_numbers]
 
 
 def _file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -1084,7 +1084,7 @@ class CHGNetEnergyModel(EnergyModel):
                 raise RuntimeError(bad[0])
             return self._forward_graphs(graphs, compute_forces, compute_stress)
         task = "e" + ("f" if compute_forces else "") + ("s" if compute_stress else "")
-        structs = [_to_structure(s) for s in structures]
+        structs = [to_structure(s) for s in structures]
         with preserve_torch_dtype("float32"):
             preds = self.model.predict_structure(structs, task=task,
                                                  batch_size=max(len(structs), 1))
@@ -1254,7 +1254,7 @@ class CHGNetEnergyModel(EnergyModel):
 
 def _raw_frac(structure: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(atomic numbers, fractional coordinates, lattice rows)`` of a structure."""
-    s = _to_structure(structure)
+    s = to_structure(structure)
     return (np.asarray(s.atomic_numbers, dtype=np.int64), np.asarray(s.frac_coords),
             np.asarray(s.lattice.matrix))
 

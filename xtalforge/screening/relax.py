@@ -91,7 +91,7 @@ def relax_batched(
     import torch_sim as ts
     from pymatgen.core import Lattice, Structure
 
-    from xtalforge.screening.mlip import RelaxResult, _to_structure
+    from xtalforge.screening.mlip import RelaxResult, to_structure
 
     if cell_filter not in CELL_FILTERS:
         raise ValueError(f"unknown cell_filter {cell_filter!r}; one of "
@@ -105,7 +105,7 @@ def relax_batched(
             results[i] = RelaxResult(error=reason, backend="torch-sim")
             continue
         try:
-            pmg.append(_to_structure(s))
+            pmg.append(to_structure(s))
             todo.append(i)
         except Exception as exc:  # noqa: BLE001
             results[i] = RelaxResult(error=f"cannot read structure: {exc}"[:500],
