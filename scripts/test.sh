@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # torch==2.13.0: the CPU wheel on CPU machines (an open range would pull a multi-GB CUDA build)
-.venv/bin/python -m pip install -q torch==2.13.0 -e ".[dev]"
+.venv/bin/python -m pip install -q torch==2.13.0 -e ".[dev,relax]"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 if [ -x scripts/start_slurm.sh ] && [ "${XTALFORGE_NO_SLURM:-0}" != 1 ]; then
   bash scripts/start_slurm.sh || echo "SLURM could not be started: its tests will be skipped"
