@@ -57,11 +57,17 @@ logger = logging.getLogger(__name__)
 def load_generator(
     checkpoint: str | dict[str, Any], ctx: JobContext | None = None, device: str = "cpu"
 ):
-    """Load a :class:`~xtalforge.models.generator.LatentDiffusionGenerator` and its reference."""
-    from xtalforge.models.generator import LatentDiffusionGenerator
+    """Load a generator of either family (by the checkpoint's format tag) and its reference.
+
+    A latent diffusion checkpoint gives a
+    :class:`~xtalforge.models.generator.LatentDiffusionGenerator`, a Wyckoff transformer one a
+    :class:`~xtalforge.models.wyckoff.generator.WyckoffTransformerGenerator`
+    (:func:`xtalforge.models.interface.load_any_generator`).
+    """
+    from xtalforge.models.interface import load_any_generator
 
     path, ref = resolve_checkpoint(checkpoint, ctx.blobs if ctx else None)
-    return LatentDiffusionGenerator.load(path, map_location=device), ref
+    return load_any_generator(path, map_location=device), ref
 
 
 def dataset_structures(ctx: JobContext, split: str | None = "train", limit: int | None = None):
