@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -144,7 +145,8 @@ def cmd_train(args) -> None:
     h = train_wyckoff(gen, data, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       device=args.device, seed=args.seed, dtype=args.dtype,
                       warmup_steps=args.warmup, schedule="constant",
-                      log_every=min(args.steps, 100), callback=callback,
+                      log_every=math.gcd(min(args.steps, 100), args.snapshot_every or 100),
+                      callback=callback,
                       max_minutes=args.minutes, state_path=out / "state_wyckoff.pt",
                       save_every_minutes=args.save_every_minutes)
     if h["completed"]:

@@ -25,7 +25,6 @@ from xtalforge.rl.ppo import (
 )
 
 
-
 def crystals():
     from pymatgen.core import Lattice, Structure
 

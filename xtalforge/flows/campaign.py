@@ -50,8 +50,8 @@ from typing import Any
 
 from jobflow import Flow, Maker
 
-from xtalforge.makers.generator import LDMTrainMaker, PretrainMaker, SampleMaker, VAETrainMaker
 from xtalforge.flows.families import generator_section, wyckoff_stages_from_config
+from xtalforge.makers.generator import LDMTrainMaker, PretrainMaker, SampleMaker, VAETrainMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
 from xtalforge.makers.screening import HullMaker, ScreenMaker
 

@@ -56,8 +56,7 @@ STABILITY_REWARD = [{"name": "stability", "weight": 1.0, "normalize": None, "cli
 
 
 def wyckoff_preset(model: str | dict[str, Any], max_atoms: int = 20):
-    """A :class:`~xtalforge.models.wyckoff.model.WyckoffTransformerConfig` from a preset name
-    (``tiny``, ``medium``, ``paper``) or a config dict."""
+    """Return the Wyckoff transformer config of a preset (``tiny``, ``medium``, ``paper``)."""
     from xtalforge.models.wyckoff.model import WyckoffTransformerConfig
 
     if isinstance(model, dict):

@@ -191,7 +191,7 @@ class CrystalGenerator(Protocol):
 
 
 class LatentDiffusionFamily:
-    """:class:`CrystalGenerator` adapter of a :class:`~xtalforge.models.generator.LatentDiffusionGenerator`.
+    """:class:`CrystalGenerator` adapter of a latent diffusion generator.
 
     Every call goes to the wrapped generator's own methods with their defaults, so sampling
     through the adapter gives what ``generator.generate`` gives.
@@ -260,7 +260,7 @@ class LatentDiffusionFamily:
 
     def embed_structures(self, structures: Sequence, batch_size: int = 512,
                          device: str | torch.device | None = None) -> np.ndarray:
-        """The VAE embeddings of :meth:`LatentDiffusionGenerator.embed_structures`."""
+        """Return the VAE embeddings of :meth:`LatentDiffusionGenerator.embed_structures`."""
         return self.generator.embed_structures(structures, batch_size=batch_size, device=device)
 
     def save(self, path: str | Path) -> str:
@@ -314,7 +314,7 @@ def load_any_generator(path: str | Path, map_location: str | torch.device = "cpu
 
 
 def as_family(generator) -> CrystalGenerator:
-    """The :class:`CrystalGenerator` view of a native model (adapters for latent diffusion)."""
+    """Return the :class:`CrystalGenerator` view of a native model (latent diffusion: adapter)."""
     from xtalforge.models.generator import LatentDiffusionGenerator
 
     if isinstance(generator, LatentDiffusionGenerator):

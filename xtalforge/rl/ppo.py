@@ -380,7 +380,7 @@ class PPOTrainer:
         self.stop_reason = state.get("stop_reason")
 
     def checkpoint_dict(self) -> dict[str, Any]:
-        """The policy's checkpoint payload."""
+        """Return the policy's checkpoint payload."""
         return self.policy.checkpoint_dict()
 
 

@@ -1,4 +1,4 @@
-"""The Wyckoff transformer as a generator family (:class:`~xtalforge.models.interface.CrystalGenerator`).
+"""The Wyckoff transformer as a generator family (a ``CrystalGenerator``).
 
 Public API
 ----------
@@ -234,7 +234,7 @@ class WyckoffTransformerGenerator(nn.Module):
                  device: str | torch.device = "cpu", space_group=None,
                  temperature: float = 1.0, progress: bool | None = None, **sampler_settings
                  ) -> WyckoffGenerationResult:
-        """The latent diffusion generator's ``generate`` signature over :meth:`sample`.
+        """Sample with the latent diffusion generator's ``generate`` signature (:meth:`sample`).
 
         ``space_group`` (an int or ``n`` ints) fixes the groups. Diffusion settings
         (``steps``, ``eta``, ``dtype``, ``use_ema`` ...) have no meaning here and are recorded
@@ -254,7 +254,7 @@ class WyckoffTransformerGenerator(nn.Module):
     def rollout(self, n: int, conditions: SampleConditions | None = None, *, seed: int = 0,
                 device: str | torch.device = "cpu", batch_size: int | None = None
                 ) -> GeneratorRollout:
-        """Samples with their recorded log-probabilities; the payload is the ``SequenceBatch``."""
+        """Sample with recorded log-probabilities; the payload is the ``SequenceBatch``."""
         seqs, lp = self.sample_sequences(n, conditions, seed=seed, device=device,
                                          batch_size=batch_size or n)
         structures, reasons = self.decode(seqs)

@@ -89,7 +89,7 @@ class WyckoffTransformerConfig:
 
     @classmethod
     def tiny(cls) -> WyckoffTransformerConfig:
-        """A few thousand parameters: CPU tests."""
+        """Return a model of a few ten thousand parameters (CPU tests)."""
         return cls(d_model=32, num_layers=2, num_heads=2, ff_dim=64, embed_dim=16,
                    num_coord_modes=4, num_lattice_modes=2, dropout=0.0)
 
@@ -211,7 +211,7 @@ class SequenceBatch:
 
 
 def lattice_to_tokens(params: np.ndarray, num_atoms_conventional: int) -> torch.Tensor:
-    """``(a, b, c, alpha, beta, gamma)`` (Å, degrees) -> ``(log a', log b', log c', radians)``."""
+    """Map ``(a, b, c, alpha, beta, gamma)`` (Å, degrees) to ``(log a', ..., radians)``."""
     p = np.asarray(params, dtype=float)
     scale = max(int(num_atoms_conventional), 1) ** (1.0 / 3.0)
     return torch.as_tensor(np.concatenate([np.log(p[:3] / scale), np.radians(p[3:])]),
@@ -252,8 +252,11 @@ class _Reachability:
         self._cache: dict[int, np.ndarray] = {}
 
     def table(self, g: int) -> np.ndarray:
-        """``[n_letters + 2, max_sites + 1, R + 1]``: can ``r`` atoms be made from letters >= l
-        with ``s`` sites (letters without free coordinates at most once)."""
+        """Return ``f[l, s, r]``: can ``r`` atoms be made from letters >= l with ``s`` sites.
+
+        Letters without free coordinates are used at most once; the shape is
+        ``[n_letters + 2, max_sites + 1, R + 1]``.
+        """
         if g in self._cache:
             return self._cache[g]
         t = wyckoff_tables()
@@ -373,7 +376,7 @@ class WyckoffTransformer(nn.Module):
         return tok if length is None else tok[:, :length]
 
     def hidden(self, b: SequenceBatch, length: int | None = None) -> torch.Tensor:
-        """Transformer outputs ``[B, T, d]`` (causal) of the first ``length`` tokens."""
+        """Return the transformer outputs ``[B, T, d]`` (causal) of the first ``length`` tokens."""
         x = self._tokens(b, length)
         t = x.shape[1]
         mask = torch.triu(torch.full((t, t), float("-inf"), device=x.device), 1)
@@ -382,7 +385,7 @@ class WyckoffTransformer(nn.Module):
     # ------------------------------------------------------------------ masks
     def letter_mask(self, group: torch.Tensor, prev: torch.Tensor, count: torch.Tensor,
                     slot: int, num_atoms: torch.Tensor) -> torch.Tensor:
-        """Allowed letters ``[B, 28]`` at ``slot`` given the previous letter and atom count.
+        """Return the allowed letters ``[B, 28]`` at ``slot`` (previous letter, atom count).
 
         Parameters
         ----------

@@ -130,7 +130,7 @@ class WyckoffTables:
         return int(self.wp_index.max())
 
     def orbit(self, group: int, letter: int, xyz: np.ndarray) -> np.ndarray:
-        """Fractional coordinates ``[multiplicity, 3]`` of the orbit of ``xyz`` (wrapped to [0, 1))."""
+        """Return the orbit ``[multiplicity, 3]`` of ``xyz`` (fractional, wrapped to [0, 1))."""
         wp = _group(group).Wyckoff_positions[self._pyxtal_pos(group, letter)]
         pts = np.asarray(wp.apply_ops(np.asarray(xyz, dtype=float)), dtype=float)
         return pts - np.floor(pts)
@@ -147,7 +147,7 @@ class WyckoffTables:
         return n - letter  # pyxtal lists positions from the general one down to 'a'
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _group(number: int):
     from pyxtal.symmetry import Group
 
@@ -192,7 +192,7 @@ def wyckoff_tables() -> WyckoffTables:
 
 
 def symmetrize_lattice(lattice_type: str, params: np.ndarray) -> np.ndarray:
-    """Tie / fix the non-free parameters ``(a, b, c, alpha, beta, gamma)`` (degrees), ``[..., 6]``."""
+    """Tie / fix the non-free lattice parameters ``[..., 6]`` (a, b, c, angles in degrees)."""
     p = np.array(params, dtype=float, copy=True)
     if lattice_type in ("cubic", "tetragonal", "trigonal", "hexagonal"):
         p[..., 1] = p[..., 0]

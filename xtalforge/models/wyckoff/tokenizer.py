@@ -91,7 +91,7 @@ class WyckoffSequence:
 
 
 def _canonical_position(group: int, letter: int, position: np.ndarray) -> np.ndarray:
-    """An orbit member lying on the position's representative (projection-invariant)."""
+    """Return an orbit member lying on the position's representative (projection-invariant)."""
     t = wyckoff_tables()
     cands = [np.asarray(position, float)] + list(t.orbit(group, letter, position))
     for p in cands:
