@@ -79,7 +79,8 @@ def supervised_finetune(generator, structures: Sequence, *, steps: int | None = 
     if isinstance(generator, WyckoffTransformerGenerator):
         from xtalforge.models.wyckoff.training import train_wyckoff
 
-        return train_wyckoff(generator, structures, **kw)
+        # keep the base model's space-group distribution and element vocabulary
+        return train_wyckoff(generator, structures, fit_distributions=False, **kw)
     if isinstance(generator, LatentDiffusionGenerator):
         from xtalforge.models.training import train_ldm
 

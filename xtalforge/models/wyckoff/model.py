@@ -19,7 +19,7 @@ Distributions (all masked so that every sample is a valid Wyckoff sequence)
     count condition, only letters from which that exact count stays reachable are allowed (a
     dynamic programme over the group's multiplicities).
 ``A``
-    Categorical over the 118 elements.
+    Categorical over the elements of the training data (all 118 until fitted).
 ``X, Y, Z``
     Mixture of ``K_x`` von Mises distributions on ``[0, 1)`` for each *free* coordinate of the
     letter's representative (``x, x, 1/4`` has one); the others are fixed by the letter and
@@ -322,6 +322,9 @@ class WyckoffTransformer(nn.Module):
         counts = torch.zeros(231, dtype=torch.float64)
         counts[1:] = 1.0  # uniform until fitted
         self.register_buffer("space_group_counts", counts)
+        allowed = torch.ones(NUM_ELEMENTS + 1, dtype=torch.bool)
+        allowed[0] = False  # padding; every element until fitted
+        self.register_buffer("element_allowed", allowed)
         self._reach = _Reachability(cfg.max_sites, cfg.max_atoms)
 
     # ------------------------------------------------------------------ helpers
@@ -343,6 +346,17 @@ class WyckoffTransformer(nn.Module):
             raise ValueError("space groups must be in 1..230")
         self.space_group_counts.copy_(torch.bincount(g, minlength=231).double().to(
             self.space_group_counts.device))
+
+    @torch.no_grad()
+    def fit_element_vocabulary(self, elements) -> None:
+        """Allow only the elements that occur in the training data (atomic numbers)."""
+        z = torch.as_tensor(np.asarray(elements), dtype=torch.long).flatten().cpu()
+        z = z[z > 0]
+        if (z > NUM_ELEMENTS).any() or len(z) == 0:
+            raise ValueError(f"atomic numbers must be in 1..{NUM_ELEMENTS}")
+        allowed = torch.zeros(NUM_ELEMENTS + 1, dtype=torch.bool)
+        allowed[z] = True
+        self.element_allowed.copy_(allowed.to(self.element_allowed.device))
 
     def sample_space_groups(self, n: int, generator: torch.Generator | None = None
                             ) -> torch.Tensor:
@@ -487,8 +501,7 @@ class WyckoffTransformer(nn.Module):
         real = b.letters > 0  # [B, S1]
         # elements: positions 5i + 1
         la = self.head_a(h[:, 1 : 5 * cfg.max_sites + 1 : 5])  # [B, S, 119]
-        amask = torch.ones(NUM_ELEMENTS + 1, dtype=torch.bool, device=h.device)
-        amask[0] = False
+        amask = self.element_allowed
         lpa = self._masked_log_softmax(la, amask).gather(
             2, b.elements[:, : cfg.max_sites].unsqueeze(-1)).squeeze(-1)
         lp_a = torch.where(real[:, : cfg.max_sites], lpa, torch.zeros_like(lpa)).sum(1)
@@ -548,8 +561,7 @@ class WyckoffTransformer(nn.Module):
         alive = torch.ones(bsz, dtype=torch.bool, device=dev)
         count = torch.zeros(bsz, dtype=torch.long, device=dev)
         prev = torch.zeros(bsz, dtype=torch.long, device=dev)
-        amask = torch.ones(NUM_ELEMENTS + 1, dtype=torch.bool, device=dev)
-        amask[0] = False
+        amask = self.element_allowed
         for i in range(cfg.max_sites):
             h = self.hidden(b, 5 * i + 1)[:, -1]
             mask = self.letter_mask(group, prev, count, i, na)

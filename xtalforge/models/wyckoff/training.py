@@ -92,13 +92,15 @@ def train_wyckoff(
     save_every_minutes: float = 5.0,
     on_save: Callable[[Path], None] | None = None,
     max_run_steps: int | None = None,
+    fit_distributions: bool = True,
 ) -> dict:
     """Train the Wyckoff transformer by maximum likelihood.
 
     Parameters
     ----------
     generator
-        The model (moved to ``device``); its space-group histogram is fitted to the data.
+        The model (moved to ``device``); its space-group histogram and element vocabulary are
+        fitted to the data.
     structures
         Training crystals, or their :class:`SequenceBatch` (tokenise once with
         :func:`sequences_for_training` when training repeatedly).
@@ -111,6 +113,9 @@ def train_wyckoff(
         As in :func:`xtalforge.models.training.train_vae`.
     max_minutes, state_path, save_every_minutes, on_save, max_run_steps
         Resumable training, as in :func:`xtalforge.models.training.train_vae`.
+    fit_distributions
+        Fit the space-group histogram and element vocabulary to ``structures`` (False keeps
+        the model's: fine-tuning on a selection, as the SFT baseline does).
 
     Returns
     -------
@@ -126,8 +131,9 @@ def train_wyckoff(
     total = _resolve_steps(len(data), batch_size, steps, epochs)
     settings = {"n": len(data), "batch_size": batch_size, "seed": seed}
     resume = _resume_state("wyckoff", generator, state_path, settings)
-    if resume is None:
+    if resume is None and fit_distributions:
         generator.fit_space_group_distribution(data.group.cpu())
+        generator.model.fit_element_vocabulary(data.elements.cpu())
     ckpt = _checkpointing(state_path, generator, {}, save_every_minutes, settings, on_save)
     ac = resolve_autocast_dtype(dtype, device)
     model = generator.model
