@@ -17,8 +17,10 @@
 # A stage whose output exists is skipped, so the script resumes where a killed run stopped.
 #
 # Environment: D (work folder, default out/wy), DATA_DIR (MP-20 CSVs, default
-# ../shared/data/mp20), WHEELS (a folder of wheels installed into $D/site first, optional: the
-# host needs pyxtal==1.1.5 and its pure-Python dependencies if it cannot reach PyPI), MODEL,
+# ../shared/data/mp20), WHEELS (a folder of wheels installed into $D/site first, optional: a host
+# that cannot reach PyPI needs the pure-Python pyxtal wheel there, made with
+# `pip download pyxtal==1.1.5 --no-deps -d $WHEELS`; of its dependencies only ase, networkx,
+# pandas, scipy and spglib are imported, which the project's environment has), MODEL,
 # STEPS, BATCH, LR, TRAINM, SNAP, NSAMPLES, PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch),
 # KL (tau), DEVICE.
 set -o pipefail
