@@ -25,8 +25,10 @@ from xtalforge.makers.ingest import IngestDatasetMaker
 from xtalforge.makers.report import ReportMaker
 from xtalforge.makers.rl import RLFineTuneMaker
 from xtalforge.makers.screening import HullMaker, ScreenMaker
+from xtalforge.makers.wyckoff import PPOFineTuneMaker
 from xtalforge.models.training import TrainConfig
 from xtalforge.rl.grpo import GRPOConfig
+from xtalforge.rl.ppo import PPOConfig
 
 BASE = {"campaign_id": "yaml-fields", "checkpoint": "gen.pt"}
 
@@ -47,6 +49,13 @@ TARGETS: dict[str, list[tuple[type, Any]]] = {
     "report": [(ReportMaker, lambda m: m.report)],
 }
 
+#: the same for a ``generator: {family: wyckoff_transformer}`` campaign (its own pretrain and RL)
+WYCKOFF = {"generator": {"family": "wyckoff_transformer"}}
+WYCKOFF_TARGETS: dict[str, list[tuple[type, Any]]] = {
+    "pretrain": [(TrainConfig, lambda m: m.pretrain.train)],
+    "rl": [(PPOConfig, lambda m: m.rl.ppo), (PPOFineTuneMaker, lambda m: m.rl)],
+}
+
 #: (class, field) -> reason it is not a key of its section (each is checked elsewhere below)
 NOT_FROM_YAML = {
     (IngestDatasetMaker, "name"): "the builder names the two ingest jobs",
@@ -57,6 +66,9 @@ NOT_FROM_YAML = {
     (RLFineTuneMaker, "name"): "job name", (HullMaker, "name"): "job name",
     (TrainConfig, "steps"): "per stage: vae_steps / ldm_steps (test below)",
     (TrainConfig, "seed"): "the campaign seed (test below)",
+    (PPOFineTuneMaker, "name"): "job name",
+    (PPOFineTuneMaker, "ppo"): "nested PPOConfig: its fields are keys of the section",
+    (PPOConfig, "seed"): "the campaign seed",
 }
 
 #: constrained strings: a valid value other than the default
@@ -66,6 +78,7 @@ CHOICES = {
     "select_by": "eval/frac_msun", "kind": "formation", "policy": "ehull",
     "normalize_scope": "group", "reward": "dng_no_diversity", "model": "small",
     "correction": "MP2020", "split": "heldout", "source": "structures.extxyz",
+    "baseline_decay": 0.9,
 }
 
 
@@ -98,8 +111,8 @@ def other_value(cls: type, f: dataclasses.Field) -> Any:
     return value
 
 
-def cases():
-    for section, targets in TARGETS.items():
+def cases(targets_of: dict[str, list[tuple[type, Any]]] = TARGETS):
+    for section, targets in targets_of.items():
         for cls, getter in targets:
             for f in dataclasses.fields(cls):
                 if (cls, f.name) not in NOT_FROM_YAML:
@@ -124,6 +137,21 @@ def test_every_config_field_reaches_its_object(section, cls, getter, f):
     assert have == want, f"{section}.{f.name}: {have!r} != {value!r}"
 
 
+@pytest.mark.parametrize(("section", "cls", "getter", "f"), list(cases(WYCKOFF_TARGETS)))
+def test_every_wyckoff_config_field_reaches_its_object(section, cls, getter, f):
+    value = other_value(cls, f)
+    maker = build({**BASE, **WYCKOFF, section: {f.name: value}})
+    have = getattr(getter(maker), f.name)
+    want = tuple(value) if isinstance(have, tuple) else value
+    assert have == want, f"{section}.{f.name}: {have!r} != {value!r}"
+
+
+def test_generator_section_reaches_the_wyckoff_pretrain_maker():
+    m = build({**BASE, "generator": {"family": "wyckoff_transformer", "model": "small",
+                                     "max_atoms": 24}, "pretrain": {}})
+    assert (m.pretrain.model, m.pretrain.max_atoms) == ("small", 24)
+
+
 def test_per_stage_steps_and_the_campaign_seed():
     m = build({**BASE, "seed": 11, "pretrain": {"vae_steps": 7, "ldm_steps": 9},
                "rl": {}, "sample": {}})
@@ -135,8 +163,9 @@ def test_per_stage_steps_and_the_campaign_seed():
 def test_every_section_is_covered():
     from xtalforge.flows.campaign import SECTION_KEYS
 
-    # remote: routing (read by `xtalforge submit`); dft: its own builder in makers/dft.py
-    assert set(SECTION_KEYS) - set(TARGETS) == {"remote", "dft"}
+    # remote: routing (read by `xtalforge submit`); dft: its own builder in makers/dft.py;
+    # generator: the family selector (test above)
+    assert set(SECTION_KEYS) - set(TARGETS) == {"remote", "dft", "generator"}
 
 
 def test_submit_builds_through_the_one_builder(tmp_path):

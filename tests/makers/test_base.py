@@ -34,6 +34,9 @@ EXPECTED = {
     "DFTCollectMaker": "cpu",
     "DFTValidationMaker": "cpu",
     "ReportMaker": "cpu",
+    "WyckoffPretrainMaker": "gpu",
+    "PPOFineTuneMaker": "gpu",
+    "SFTFineTuneMaker": "gpu",
 }
 
 

@@ -14,6 +14,7 @@ when its section is present (``hull`` is used with ``screen``)::
     store: mongodb://...                  # or omit for the embedded store
     dataset: {source: ../shared/data/mp20/val.csv.gz, limit: 2000}
     reference: {source: ../shared/data/mp20/test.csv.gz}
+    generator: {family: latent_diffusion}  # or wyckoff_transformer (xtalforge.flows.families)
     pretrain: {model: tiny, vae_steps: 300, ldm_steps: 300, device: auto}
                                           # + TrainConfig fields for both stages (batch_size,
                                           # lr, dtype, max_minutes: a run's budget ...)
@@ -49,6 +50,7 @@ from typing import Any
 
 from jobflow import Flow, Maker
 
+from xtalforge.flows.families import generator_section, wyckoff_stages_from_config
 from xtalforge.makers.generator import LDMTrainMaker, PretrainMaker, SampleMaker, VAETrainMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
 from xtalforge.makers.screening import HullMaker, ScreenMaker
@@ -65,6 +67,7 @@ TOP_LEVEL_KEYS = (
     "remote",
     "dataset",
     "reference",
+    "generator",
     "pretrain",
     "checkpoint",
     "rl",
@@ -76,8 +79,8 @@ TOP_LEVEL_KEYS = (
 )
 
 #: Sections whose value is a mapping of settings (or null).
-SECTION_KEYS = ("remote", "dataset", "reference", "pretrain", "rl", "sample", "hull", "screen",
-                "dft", "report")
+SECTION_KEYS = ("remote", "dataset", "reference", "generator", "pretrain", "rl", "sample", "hull",
+                "screen", "dft", "report")
 
 
 class CampaignConfigError(ValueError):
@@ -495,11 +498,20 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
             name="ingest reference", split=ref_cfg.pop("split", "reference"), **ref_cfg
         )
     pretrain = None
-    if config.get("pretrain") is not None:
-        with _section("pretrain"):
-            pretrain = _pretrain_from_config(config["pretrain"], seed)
     rl = None
-    if config.get("rl") is not None:
+    with _section("generator"):
+        family, gen_cfg = generator_section(config.get("generator"))
+    if family == "wyckoff_transformer":  # xtalforge.flows.families
+        with _section("wyckoff_transformer"):
+            pretrain, rl = wyckoff_stages_from_config(
+                gen_cfg, config.get("pretrain"), config.get("rl"), seed, check_settings)
+    if family == "latent_diffusion" and config.get("pretrain") is not None:
+        with _section("pretrain"):
+            clash = sorted(set(gen_cfg) & set(config["pretrain"]))
+            if clash:
+                raise CampaignConfigError(f"{clash} given in both generator and pretrain")
+            pretrain = _pretrain_from_config({**config["pretrain"], **gen_cfg}, seed)
+    if family == "latent_diffusion" and config.get("rl") is not None:
         with _section("rl"):
             rl = _rl_from_config(config["rl"], seed)
     sample = None

@@ -57,11 +57,17 @@ logger = logging.getLogger(__name__)
 def load_generator(
     checkpoint: str | dict[str, Any], ctx: JobContext | None = None, device: str = "cpu"
 ):
-    """Load a :class:`~xtalforge.models.generator.LatentDiffusionGenerator` and its reference."""
-    from xtalforge.models.generator import LatentDiffusionGenerator
+    """Load a generator of either family (by the checkpoint's format tag) and its reference.
+
+    A latent diffusion checkpoint gives a
+    :class:`~xtalforge.models.generator.LatentDiffusionGenerator`, a Wyckoff transformer one a
+    :class:`~xtalforge.models.wyckoff.generator.WyckoffTransformerGenerator`
+    (:func:`xtalforge.models.interface.load_any_generator`).
+    """
+    from xtalforge.models.interface import load_any_generator
 
     path, ref = resolve_checkpoint(checkpoint, ctx.blobs if ctx else None)
-    return LatentDiffusionGenerator.load(path, map_location=device), ref
+    return load_any_generator(path, map_location=device), ref
 
 
 def dataset_structures(ctx: JobContext, split: str | None = "train", limit: int | None = None):
@@ -80,7 +86,8 @@ def dataset_structures(ctx: JobContext, split: str | None = "train", limit: int 
     return [Structure.from_dict(d["structure"]) for d in docs], docs
 
 
-def _store_checkpoint(generator, ctx: JobContext, kind: str, metadata: dict) -> dict[str, Any]:
+def store_checkpoint(generator, ctx: JobContext, kind: str, metadata: dict) -> dict[str, Any]:
+    """Save ``generator`` to the campaign's blob store; returns the checkpoint reference."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "generator.pt"
         generator.save(path)
@@ -109,7 +116,8 @@ def _preset(config: str | dict[str, Any], max_atoms: int):
     return presets[config](max_atoms=max_atoms)
 
 
-def _train_config() -> TrainConfig:
+def train_config() -> TrainConfig:
+    """Return the default :class:`~xtalforge.models.training.TrainConfig` (a field factory)."""
     # imported here: torch loads only when a training maker is built, not with this module
     from xtalforge.models.training import TrainConfig
 
@@ -157,7 +165,7 @@ class _StoredState:
             )
 
 
-def _train_stage(
+def train_stage(
     stage: str,
     train_fn: Callable[..., dict[str, Any]],
     generator: Any,
@@ -191,7 +199,7 @@ def _train_stage(
     return hist, state
 
 
-def _continue_in_new_job(next_job: Job, hist: dict[str, Any], state: _StoredState) -> Response:
+def continue_in_new_job(next_job: Job, hist: dict[str, Any], state: _StoredState) -> Response:
     """Replace the running job by ``next_job`` (same maker, same inputs, same uuid)."""
     logger.info(
         "%s: run %d stopped at step %d by its budget; continuing in a new job",
@@ -207,7 +215,8 @@ def _continue_in_new_job(next_job: Job, hist: dict[str, Any], state: _StoredStat
     )
 
 
-def _resume_info(hist: dict[str, Any], state: _StoredState) -> dict[str, Any]:
+def resume_info(hist: dict[str, Any], state: _StoredState) -> dict[str, Any]:
+    """Resume bookkeeping of one training run (steps done, runs, stored state) for its output."""
     return {
         "steps_done": hist["steps"],
         "runs": state.run,
@@ -247,7 +256,7 @@ class VAETrainMaker(Maker):
     model: str | dict = "tiny"
     max_atoms: int = 20
     split: str | None = "train"
-    train: TrainConfig = field(default_factory=_train_config)
+    train: TrainConfig = field(default_factory=train_config)
     device: str = "auto"
 
     @stage_job(resource="gpu", data="history")
@@ -278,9 +287,9 @@ class VAETrainMaker(Maker):
         gen = LatentDiffusionGenerator(_preset(self.model, self.max_atoms))
         gen.fit_num_atoms_distribution([len(s) for s in kept])
         t = time.perf_counter()
-        hist, state = _train_stage("vae", train_vae, gen, kept, self.train, device, ctx)
+        hist, state = train_stage("vae", train_vae, gen, kept, self.train, device, ctx)
         if not hist["completed"]:
-            return _continue_in_new_job(self.make(dataset), hist, state)
+            return continue_in_new_job(self.make(dataset), hist, state)
         meta = {
             "stage": "vae",
             "n_train": len(kept),
@@ -289,14 +298,14 @@ class VAETrainMaker(Maker):
             "model": self.model if isinstance(self.model, str) else "custom",
             "final_loss": hist["loss"][-1] if hist.get("loss") else None,
         }
-        ref = _store_checkpoint(gen, ctx, "generator/vae", meta)
+        ref = store_checkpoint(gen, ctx, "generator/vae", meta)
         return {
             "checkpoint": ref,
             "history": hist,
             "n_train": len(kept),
             "n_skipped_too_large": len(structures) - len(kept),
             "wall_time_s": time.perf_counter() - t,
-            **_resume_info(hist, state),
+            **resume_info(hist, state),
         }
 
 
@@ -320,7 +329,7 @@ class LDMTrainMaker(Maker):
 
     name: str = "train ldm"
     split: str | None = "train"
-    train: TrainConfig = field(default_factory=_train_config)
+    train: TrainConfig = field(default_factory=train_config)
     device: str = "auto"
 
     @stage_job(resource="gpu", data="history")
@@ -340,9 +349,9 @@ class LDMTrainMaker(Maker):
         structures, _ = dataset_structures(ctx, self.split)
         kept = [s for s in structures if len(s) <= gen.max_atoms]
         t = time.perf_counter()
-        hist, state = _train_stage("ldm", train_ldm, gen, kept, self.train, device, ctx)
+        hist, state = train_stage("ldm", train_ldm, gen, kept, self.train, device, ctx)
         if not hist["completed"]:
-            return _continue_in_new_job(self.make(checkpoint), hist, state)
+            return continue_in_new_job(self.make(checkpoint), hist, state)
         meta = {
             "stage": "ldm",
             "parent_checkpoint_id": parent["checkpoint_id"],
@@ -351,13 +360,13 @@ class LDMTrainMaker(Maker):
             "device": device,
             "final_loss": hist["loss"][-1] if hist.get("loss") else None,
         }
-        ref = _store_checkpoint(gen, ctx, "generator/ldm", meta)
+        ref = store_checkpoint(gen, ctx, "generator/ldm", meta)
         return {
             "checkpoint": ref,
             "history": hist,
             "n_train": len(kept),
             "wall_time_s": time.perf_counter() - t,
-            **_resume_info(hist, state),
+            **resume_info(hist, state),
         }
 
 

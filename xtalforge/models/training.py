@@ -205,7 +205,7 @@ class _Checkpointing:
     on_save: Callable[[Path], None] | None = None
 
 
-def _resume_state(
+def resume_state(
     name: str,
     generator: torch.nn.Module,
     state_path: str | Path | None,
@@ -229,7 +229,7 @@ def _resume_state(
     return state
 
 
-def _checkpointing(
+def make_checkpointing(
     state_path: str | Path | None,
     generator: torch.nn.Module,
     rng: dict[str, torch.Generator],
@@ -250,7 +250,7 @@ def _restore_requires_grad(module: torch.nn.Module, flags: list[bool]) -> None:
         p.requires_grad_(flag)
 
 
-def _resolve_steps(n: int, batch_size: int, steps: int | None, epochs: float | None) -> int:
+def resolve_steps(n: int, batch_size: int, steps: int | None, epochs: float | None) -> int:
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps or epochs")
     if steps is not None:
@@ -269,7 +269,7 @@ def _lr_factor(step: int, progress: float, warmup_steps: int, schedule: str) -> 
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def _run_loop(
+def run_loop(
     name: str,
     params: list[torch.nn.Parameter],
     step_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
@@ -513,14 +513,14 @@ def train_vae(
     data = as_batch(structures, generator.max_atoms).to(device)
     generator.to(device)
     vae = generator.vae.train()
-    total = _resolve_steps(len(data), batch_size, steps, epochs)
+    total = resolve_steps(len(data), batch_size, steps, epochs)
     settings = {"n": len(data), "batch_size": batch_size, "seed": seed}
-    resume = _resume_state("vae", generator, state_path, settings)
+    resume = resume_state("vae", generator, state_path, settings)
     if resume is None and generator.num_atoms_counts[1:].std() == 0:
         generator.fit_num_atoms_distribution(data.num_atoms)  # still uniform: fit it here too
     dev_gen = torch.Generator(device=device).manual_seed(seed + 1)
     ac = resolve_autocast_dtype(dtype, device)
-    ckpt = _checkpointing(
+    ckpt = make_checkpointing(
         state_path, generator, {"device": dev_gen}, save_every_minutes, settings, on_save
     )
 
@@ -539,7 +539,7 @@ def train_vae(
         lr,
         device,
     )
-    hist = _run_loop(
+    hist = run_loop(
         "vae",
         [p for p in vae.parameters() if p.requires_grad],
         step_fn,
@@ -648,9 +648,9 @@ def train_ldm(
     data = as_batch(structures, generator.max_atoms).to(device)
     generator.to(device)
     vae, ldm = generator.vae, generator.ldm
-    total = _resolve_steps(len(data), batch_size, steps, epochs)
+    total = resolve_steps(len(data), batch_size, steps, epochs)
     settings = {"n": len(data), "batch_size": batch_size, "seed": seed}
-    resume = _resume_state("ldm", generator, state_path, settings)
+    resume = resume_state("ldm", generator, state_path, settings)
     vae_flags = [p.requires_grad for p in vae.parameters()]
     vae.eval().requires_grad_(False)
     dev_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -659,7 +659,7 @@ def train_ldm(
         generator.fit_num_atoms_distribution(data.num_atoms)
         if fit_latent_stats:
             _fit_latent_stats(generator, data, 1024, augment_data, dev_gen)
-    ckpt = _checkpointing(
+    ckpt = make_checkpointing(
         state_path, generator, {"device": dev_gen}, save_every_minutes, settings, on_save
     )
     ldm.denoiser.train()
@@ -684,7 +684,7 @@ def train_ldm(
         device,
     )
     try:
-        hist = _run_loop(
+        hist = run_loop(
             "ldm",
             list(ldm.denoiser.parameters()),
             step_fn,
@@ -776,15 +776,15 @@ def finetune_decoder(
     data = as_batch(structures, generator.max_atoms).to(device)
     generator.to(device)
     vae, ldm = generator.vae, generator.ldm
-    total = _resolve_steps(len(data), batch_size, steps, epochs)
+    total = resolve_steps(len(data), batch_size, steps, epochs)
     settings = {"n": len(data), "batch_size": batch_size, "seed": seed, "noise_max": noise_max}
-    resume = _resume_state("decoder", generator, state_path, settings)
+    resume = resume_state("decoder", generator, state_path, settings)
     dev_gen = torch.Generator(device=device).manual_seed(seed + 2)
     ac = resolve_autocast_dtype(dtype, device)
     identity = bool((ldm.latent_std == 1).all()) and bool((ldm.latent_mean == 0).all())
     if resume is None and identity:
         _fit_latent_stats(generator, data, 1024, augment_data, dev_gen)
-    ckpt = _checkpointing(
+    ckpt = make_checkpointing(
         state_path, generator, {"device": dev_gen}, save_every_minutes, settings, on_save
     )
     latent_std = ldm.latent_std.detach().clone()
@@ -813,7 +813,7 @@ def finetune_decoder(
         device,
     )
     try:
-        hist = _run_loop(
+        hist = run_loop(
             "decoder",
             params,
             step_fn,

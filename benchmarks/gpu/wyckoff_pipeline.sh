@@ -1,0 +1,83 @@
+#!/bin/bash
+# Wyckoff transformer on MP-20 (benchmarks/train_wyckoff.py) on one GPU host, run detached:
+#
+#   setsid nohup bash benchmarks/gpu/wyckoff_pipeline.sh > out/wy/pipeline.log 2>&1 &
+#   cat out/wy/STAGE; tail out/wy/pipeline.log          # follow
+#
+# 1. train   the Wyckoff transformer (MODEL preset, default medium: d 256 x 8 layers) on the
+#            project's MP-20 split for STEPS steps at batch BATCH, TRAINM minutes per run; the
+#            state lives in $D/state_wyckoff.pt, so running this script again continues the run
+#            (tokenised sequences are cached in $D/sequences.pt); a snapshot every SNAP steps.
+# 2. eval    the final model with the fixed protocol of generator_scaling.py (NSAMPLES samples,
+#            seed 12345, CHGNet single points, MP-20 formation hull, novelty against MP-20
+#            val + test) plus the space-group distribution and samples/s.
+# 3. ppo     PPO with r = -E_hull (tau KL, 3 updates per batch, eps 0.2, EMA baseline 0.95),
+#            PPOSTEPS steps of PPOBATCH samples, resumable ($D/ppo_state.pt), then eval of the
+#            fine-tuned policy with the same protocol (label ppo).
+# A stage whose output exists is skipped, so the script resumes where a killed run stopped.
+#
+# Environment: D (work folder, default out/wy), DATA_DIR (MP-20 CSVs, default
+# ../shared/data/mp20), WHEELS (a folder of wheels installed into $D/site first, optional: a host
+# that cannot reach PyPI needs the pure-Python pyxtal wheel there, made with
+# `pip download pyxtal==1.1.5 --no-deps -d $WHEELS`; of its dependencies only ase, networkx,
+# pandas, scipy and spglib are imported, which the project's environment has), MODEL,
+# STEPS, BATCH, LR, TRAINM, SNAP, NSAMPLES, PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch),
+# KL (tau), DEVICE.
+set -o pipefail
+D=${D:-out/wy}
+DATA_DIR=${DATA_DIR:-../shared/data/mp20}
+MODEL=${MODEL:-medium}
+STEPS=${STEPS:-60000}
+BATCH=${BATCH:-256}
+LR=${LR:-3e-4}
+TRAINM=${TRAINM:-60}
+SNAP=${SNAP:-5000}
+NSAMPLES=${NSAMPLES:-2000}
+PPOSTEPS=${PPOSTEPS:-100}
+PPOBATCH=${PPOBATCH:-1000}
+PPOMB=${PPOMB:-250}
+KL=${KL:-0.1}
+DEVICE=${DEVICE:-cuda}
+T0=$(date +%s)
+mkdir -p $D
+stage() { echo "$1" > $D/STAGE; echo "== $1 at $(( $(date +%s) - T0 ))s"; }
+
+stage install
+rm -rf $D/code && mkdir -p $D/code && cp -r xtalforge benchmarks $D/code/
+if [ -n "$WHEELS" ] && [ ! -d $D/site ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target $D/site $WHEELS/*.whl \
+    || { stage failed-install; exit 11; }
+fi
+export PYTHONPATH=$PWD/$D/site:$PWD/$D/code PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+python3 -c "import nvidia_smi" 2>/dev/null || { mkdir -p $D/site; echo 'from pynvml import *  # noqa' > $D/site/nvidia_smi.py; }
+python3 -c "import plotly" 2>/dev/null || { mkdir -p $D/site/plotly; touch $D/site/plotly/__init__.py $D/site/plotly/graph_objects.py; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c "import pyxtal, xtalforge.models.wyckoff.generator, chgnet.model, smact; print('imports ok')" \
+  || { stage failed-imports; exit 12; }
+
+TW="python3 $D/code/benchmarks/train_wyckoff.py"
+COMMON="--out $D --data-dir $DATA_DIR --device $DEVICE --workers 8"
+
+stage train
+until [ -f $D/wyckoff.pt ]; do
+  $TW train $COMMON --model $MODEL --steps $STEPS --batch-size $BATCH --lr $LR --tf32 \
+    --minutes $TRAINM --snapshot-every $SNAP || { stage failed-train; exit 13; }
+done
+grep '"final"' $D/train.jsonl | tail -1 | cut -c1-400
+
+stage eval-base
+grep -q '"label": "base"' $D/eval.jsonl 2>/dev/null || \
+  $TW eval $COMMON --checkpoint $D/wyckoff.pt --n-samples $NSAMPLES --n-jobs 8 --label base \
+  || { stage failed-eval; exit 14; }
+
+stage ppo
+[ -f $D/ppo.pt ] || $TW ppo $COMMON --checkpoint $D/wyckoff.pt --steps $PPOSTEPS \
+  --batch-size $PPOBATCH --minibatch-size $PPOMB --kl-coef $KL --n-jobs 8 --eval-every 10 \
+  --eval-samples 500 || { stage failed-ppo; exit 15; }
+
+stage eval-ppo
+grep -q '"label": "ppo"' $D/eval.jsonl 2>/dev/null || \
+  $TW eval $COMMON --checkpoint $D/ppo.pt --n-samples $NSAMPLES --n-jobs 8 --label ppo \
+  || { stage failed-eval-ppo; exit 16; }
+stage done
+echo "== total $(( $(date +%s) - T0 ))s"

@@ -1,0 +1,417 @@
+"""Makers of the Wyckoff transformer family: pretraining, PPO fine-tuning and the SFT baseline.
+
+* :class:`WyckoffPretrainMaker` trains a Wyckoff transformer on the campaign's dataset
+  documents (resumable and budgeted like the latent diffusion makers: the training state lives
+  in the ``blobs`` store under the job's uuid, and a run budget continues in a new job);
+* :class:`PPOFineTuneMaker` fine-tunes a checkpoint of either family with PPO (Cao & Wang 2025;
+  :class:`~xtalforge.rl.ppo.PPOConfig` nested as ``ppo``), beside the GRPO maker
+  :class:`~xtalforge.makers.rl.RLFineTuneMaker`: same reward registry, same per-step curves in
+  the ``data`` store, same resume protocol (progress document ``ppo-progress:<job uuid>``);
+* :class:`SFTFineTuneMaker` is the supervised baseline (sample, relax, keep ``E_hull < 0.1``,
+  fine-tune; :mod:`xtalforge.rl.sft`).
+
+Sampling and screening use the family-independent makers (``SampleMaker``, ``ScreenMaker``):
+their checkpoint loader reads either family.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jobflow import Maker, Response
+
+from xtalforge.device import resolve_device
+from xtalforge.makers.base import JobContext, job_context, stage_job
+from xtalforge.makers.generator import (
+    continue_in_new_job,
+    dataset_structures,
+    load_generator,
+    resume_info,
+    store_checkpoint,
+    train_config,
+    train_stage,
+)
+from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
+from xtalforge.stores.config import additional
+from xtalforge.stores.documents import clean_floats, now
+
+if TYPE_CHECKING:
+    from xtalforge.models.training import TrainConfig
+    from xtalforge.rl.ppo import PPOConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PPOFineTuneMaker", "SFTFineTuneMaker", "WyckoffPretrainMaker", "run_ppo_finetune",
+           "wyckoff_preset"]
+
+STATE_FORMAT = "xtalforge.ppo_trainer_state/1"
+
+#: The stability reward of Cao & Wang 2025 (r = -E_hull, raw eV/atom, clipped at 5).
+STABILITY_REWARD = [{"name": "stability", "weight": 1.0, "normalize": None, "clip": 5.0}]
+
+
+def wyckoff_preset(model: str | dict[str, Any], max_atoms: int = 20):
+    """Return the Wyckoff transformer config of a preset (``tiny``, ``medium``, ``paper``)."""
+    from xtalforge.models.wyckoff.model import WyckoffTransformerConfig
+
+    if isinstance(model, dict):
+        return WyckoffTransformerConfig.from_dict(model)
+    presets = {"tiny": WyckoffTransformerConfig.tiny, "medium": WyckoffTransformerConfig.medium,
+               "paper": WyckoffTransformerConfig.paper}
+    if model not in presets:
+        raise ValueError(f"unknown Wyckoff transformer preset {model!r}: use one of "
+                         f"{sorted(presets)}")
+    cfg = presets[model]()
+    cfg.max_atoms = max_atoms
+    return cfg
+
+
+def _ppo_config() -> PPOConfig:
+    from xtalforge.rl.ppo import PPOConfig
+
+    return PPOConfig()
+
+
+@dataclass
+class WyckoffPretrainMaker(Maker):
+    """Train a Wyckoff transformer on the campaign's dataset documents (resumable).
+
+    Parameters
+    ----------
+    name
+        Job name.
+    model
+        Preset (``tiny``, ``medium``, ``paper``) or a ``WyckoffTransformerConfig`` dict.
+    max_atoms
+        Largest primitive cell (larger training crystals are skipped and counted).
+    split
+        Dataset split to train on (``None``: every dataset document).
+    train
+        Optimisation settings and run budget (:class:`~xtalforge.models.training.TrainConfig`).
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``.
+    """
+
+    name: str = "train wyckoff transformer"
+    model: str | dict = "tiny"
+    max_atoms: int = 20
+    split: str | None = "train"
+    train: TrainConfig = field(default_factory=train_config)
+    device: str = "auto"
+
+    @stage_job(resource="gpu", data="history")
+    def make(self, dataset: Any = None) -> dict[str, Any] | Response:
+        """Train; ``dataset`` (the ingest output) only orders the job after ingestion.
+
+        Returns
+        -------
+        dict or Response
+            ``checkpoint`` (kind ``generator/wyckoff``), ``history``, ``n_train``,
+            ``tokenization`` (used / skipped counts), ``wall_time_s`` and the resume fields of
+            the latent diffusion makers; or the continuation job when a run budget stopped it.
+        """
+        import torch
+
+        from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
+        from xtalforge.models.wyckoff.training import sequences_for_training, train_wyckoff
+
+        ctx = job_context()
+        device = resolve_device(self.device)
+        structures, _ = dataset_structures(ctx, self.split)
+        torch.manual_seed(self.train.seed)
+        gen = WyckoffTransformerGenerator(wyckoff_preset(self.model, self.max_atoms))
+        data, info = sequences_for_training(gen, structures)
+        t = time.perf_counter()
+        hist, state = train_stage("wyckoff", train_wyckoff, gen, data, self.train, device, ctx)
+        if not hist["completed"]:
+            return continue_in_new_job(self.make(dataset), hist, state)
+        meta = {"stage": "wyckoff", "family": gen.family, "n_train": info["n_used"],
+                "steps": self.train.steps, "device": device,
+                "model": self.model if isinstance(self.model, str) else "custom",
+                "final_loss": hist["loss"][-1] if hist.get("loss") else None}
+        ref = store_checkpoint(gen, ctx, "generator/wyckoff", meta)
+        return {"checkpoint": ref, "history": hist, "n_train": info["n_used"],
+                "tokenization": info, "family": gen.family,
+                "wall_time_s": time.perf_counter() - t, **resume_info(hist, state)}
+
+
+@dataclass
+class PPOFineTuneMaker(Maker):
+    """PPO fine-tuning (Cao & Wang 2025) of a generator checkpoint against a registry reward.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    reward
+        Reward preset or list of component dicts (:func:`xtalforge.rewards.build_reward`);
+        default ``-E_hull`` (raw eV/atom). PPO uses the raw weighted total unless
+        ``ppo.use_normalized_reward``.
+    ppo
+        Every setting of the algorithm (:class:`~xtalforge.rl.ppo.PPOConfig`, paper defaults).
+    energy_model, hull
+        MLIP and reference hull of the stability reward (``hull=None``: an MLIP hull of the
+        reference documents, single points).
+    reference_split
+        Dataset split of the novelty reference (``None``: every dataset document).
+    embedder
+        Latent diffusion checkpoint whose VAE embeds structures for rewards that need
+        embeddings or property surrogates (diversity, band gap, dielectric); ``None``: the
+        policy embeds (diversity only).
+    surrogates
+        Property surrogates by name (path or reference), merged with the job input.
+    checkpoint_every
+        Intermediate checkpoint period (steps) for resuming.
+    n_jobs, device
+        Matching workers; device.
+    """
+
+    name: str = "ppo fine-tune"
+    reward: str | list = field(default_factory=lambda: [dict(c) for c in STABILITY_REWARD])
+    ppo: PPOConfig = field(default_factory=_ppo_config)
+    energy_model: str = "chgnet"
+    hull: str | dict | None = None
+    reference_split: str | None = None
+    embedder: str | dict | None = None
+    surrogates: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 10
+    n_jobs: int = 1
+    device: str = "auto"
+
+    @stage_job(resource="gpu", data="curves")
+    def make(self, checkpoint: str | dict[str, Any], surrogates: dict[str, Any] | None = None,
+             hull: str | dict[str, Any] | None = None) -> dict[str, Any]:
+        """Fine-tune ``checkpoint``; ``hull`` (a ``HullMaker`` output) overrides the field."""
+        import dataclasses
+
+        maker = dataclasses.replace(self, hull=hull) if hull is not None else self
+        return run_ppo_finetune(maker, job_context(), checkpoint, surrogates)
+
+
+def _ppo_resources(maker: PPOFineTuneMaker, ctx: JobContext, policy, reward,
+                   surrogates: dict[str, Any], device: str):
+    """Reward resources, building only what the reward needs; returns ``(resources, notes)``."""
+    from xtalforge.makers.rl import load_surrogate
+    from xtalforge.rewards.resources import RewardResources
+    from xtalforge.screening.metrics import ReferenceSet
+
+    need = set(reward.required_metrics)
+    notes: dict[str, Any] = {}
+    ref_structs, ref_docs = dataset_structures(ctx, maker.reference_split)
+    if not ref_structs:
+        raise ValueError(f"campaign {ctx.campaign_id!r} has no valid dataset documents "
+                         f"(split {maker.reference_split!r}) to use as reference")
+    embedder = policy
+    if maker.embedder is not None:
+        embedder, _ = load_generator(maker.embedder, ctx, device)
+        notes["embedder"] = f"{type(embedder).__name__} checkpoint"
+    res = RewardResources(n_jobs=maker.n_jobs, device=device, generator=embedder)
+    ids = [d.get("structure_id", str(i)) for i, d in enumerate(ref_docs)]
+    if need & {"unique", "novel", "min_amd_distance", "e_above_hull", "energy_per_atom"}:
+        res.reference = ReferenceSet(ref_structs, ids)
+    small = [s for s in ref_structs if len(s) <= embedder.max_atoms]
+    if "structure_embedding" in need:
+        res.reference_structure_embeddings = embedder.embed_structures(small, device=device)
+    if "composition_embedding" in need:
+        if not hasattr(embedder, "composition_embeddings"):
+            raise ValueError("composition diversity needs an embedder with composition "
+                             "embeddings: set embedder to a latent diffusion checkpoint")
+        res.reference_composition_embeddings = embedder.composition_embeddings(small,
+                                                                                device=device)
+    if need & {"e_above_hull", "energy_per_atom"}:
+        from xtalforge.screening.hull import ReferenceHull
+        from xtalforge.screening.mlip import get_energy_model
+
+        res.energy_model = get_energy_model(maker.energy_model, device=device)
+        if isinstance(maker.hull, dict):
+            from xtalforge.makers.screening import load_hull
+
+            res.hull = load_hull(maker.hull, ctx)
+            notes["hull"] = "HullMaker artefact"
+        elif maker.hull:
+            res.hull = ReferenceHull.load(maker.hull)
+            notes["hull"] = f"loaded from {maker.hull}"
+        else:
+            res.hull = ReferenceHull.from_structures(
+                ref_structs, res.energy_model, entry_ids=ids,
+                reference_set=f"campaign {ctx.campaign_id} dataset ({maker.reference_split})")
+            notes["hull"] = "MLIP single-point hull of the reference dataset documents"
+    for key, spec in {**dict(maker.surrogates), **dict(surrogates or {})}.items():
+        res.surrogates[key] = load_surrogate(spec, ctx, device)
+    return res, notes
+
+
+def _progress_id(job_uuid: str) -> str:
+    return f"ppo-progress:{job_uuid}"
+
+
+def _save_progress(trainer, maker: PPOFineTuneMaker, ctx: JobContext, parent: dict) -> None:
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pol = Path(tmp) / "policy.pt"
+        trainer.policy.save(pol)
+        meta = {"stage": "ppo-intermediate", "step": trainer.step,
+                "parent_checkpoint_id": parent["checkpoint_id"]}
+        pref = put_checkpoint(ctx.blobs, pol, kind="generator/ppo-intermediate", metadata=meta,
+                              campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
+        st = Path(tmp) / "state.pt"
+        torch.save({"format": STATE_FORMAT, "trainer": trainer.state_dict()}, st)
+        sref = put_checkpoint(ctx.blobs, st, kind="ppo/trainer-state", metadata=meta,
+                              campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
+    if ctx.job_uuid:
+        doc = {"progress_id": _progress_id(ctx.job_uuid), "job_uuid": ctx.job_uuid,
+               "campaign_id": ctx.campaign_id, "step": trainer.step, "policy": pref,
+               "trainer_state": sref, "parent_checkpoint_id": parent["checkpoint_id"],
+               "maker": maker.name, "updated_at": now()}
+        additional(ctx.store, "data").update([clean_floats(doc)], key="progress_id")
+    logger.info("PPO progress saved at step %d", trainer.step)
+
+
+def run_ppo_finetune(maker: PPOFineTuneMaker, ctx: JobContext, checkpoint: str | dict[str, Any],
+                     surrogates: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Body of :meth:`PPOFineTuneMaker.make` (callable with any :class:`JobContext`).
+
+    Returns
+    -------
+    dict
+        ``checkpoint`` (kind ``generator/ppo``), ``curves`` (one row per step: ``reward``,
+        ``kl``, ``baseline``, ``clip_frac``, ``frac_metastable``, ``mean_e_above_hull`` ...),
+        ``family``, ``reward_config``, ``ppo_config``, ``resources``, ``notes``,
+        ``parent_checkpoint``, ``steps_done``, ``resumed_from_step``, ``stop_reason``,
+        ``wall_time_s``.
+    """
+    import torch
+
+    from xtalforge.models.interface import as_family
+    from xtalforge.rewards.registry import build_reward
+    from xtalforge.rl.ppo import PPOTrainer
+
+    t0 = time.perf_counter()
+    device = resolve_device(maker.device)
+    base, parent = load_generator(checkpoint, ctx, device)
+    base = as_family(base)
+    if not isinstance(base, torch.nn.Module):
+        raise TypeError(f"PPO fine-tunes torch-module generators; the {base.family} family is "
+                        "reached through an adapter: use RLFineTuneMaker (GRPO) for it")
+    reward = build_reward(maker.reward)
+    cfg = maker.ppo
+    progress = None
+    if ctx.job_uuid:
+        progress = additional(ctx.store, "data").query_one(
+            {"progress_id": _progress_id(ctx.job_uuid)})
+    resumed_from, state = 0, None
+    policy = base
+    if progress:
+        ppath, _ = resolve_checkpoint(progress["policy"], ctx.blobs)
+        policy, _ = load_generator(ppath, None, device)
+        spath, _ = resolve_checkpoint(progress["trainer_state"], ctx.blobs)
+        state = torch.load(spath, map_location="cpu", weights_only=True)
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{spath}: not a PPO trainer state")
+        resumed_from = int(progress["step"])
+        logger.info("resuming PPO job %s from step %d", ctx.job_uuid, resumed_from)
+    res, notes = _ppo_resources(maker, ctx, policy, reward, surrogates or {}, device)
+    trainer = PPOTrainer(policy, reward, res, cfg, device=device, base=base)
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+
+    def callback(tr: PPOTrainer, row: dict[str, Any]) -> None:
+        if maker.checkpoint_every and tr.step % maker.checkpoint_every == 0:
+            _save_progress(tr, maker, ctx, parent)
+
+    trainer.train(cfg.max_steps, callback=callback)
+    if trainer.step > resumed_from and (not maker.checkpoint_every
+                                        or trainer.step % maker.checkpoint_every):
+        _save_progress(trainer, maker, ctx, parent)
+    last = trainer.curves[-1] if trainer.curves else {}
+    meta = {"stage": "ppo", "family": policy.family, "parent_checkpoint_id":
+            parent["checkpoint_id"], "steps": trainer.step, "reward": reward.config(),
+            "device": device, "final_reward": last.get("reward"), "final_kl": last.get("kl"),
+            "stop_reason": trainer.stop_reason}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "generator.pt"
+        trainer.policy.save(path)
+        ref = put_checkpoint(ctx.blobs, path, kind="generator/ppo", metadata=meta,
+                             campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
+    return clean_floats({
+        "checkpoint": ref, "curves": trainer.curves, "algorithm": "ppo",
+        "family": policy.family, "reward_config": reward.config(),
+        "ppo_config": cfg.to_dict(), "resources": res.describe(), "notes": notes,
+        "parent_checkpoint": parent, "steps_done": trainer.step,
+        "resumed_from_step": resumed_from, "stop_reason": trainer.stop_reason,
+        "device": device, "wall_time_s": time.perf_counter() - t0})
+
+
+@dataclass
+class SFTFineTuneMaker(Maker):
+    """Supervised fine-tuning baseline of RL (Cao & Wang 2025, Fig. 5).
+
+    Samples ``n_samples`` crystals from the checkpoint, screens them with ``energy_model``
+    (relaxed by default) against ``hull``, keeps ``E_hull < threshold`` and fine-tunes on them.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    n_samples, threshold, relax, relax_kwargs
+        Selection (paper: 10,000 samples relaxed, ``E_hull < 0.1``).
+    epochs, batch_size, lr
+        Fine-tuning (paper: 55 epochs, batch 100, lr 1e-5).
+    energy_model, hull, reference_split
+        Screening (``hull`` may also be given to :meth:`make`).
+    seed, n_jobs, device
+        Randomness, matching workers, device.
+    """
+
+    name: str = "sft fine-tune"
+    n_samples: int = 10_000
+    threshold: float = 0.1
+    relax: bool = True
+    relax_kwargs: dict = field(default_factory=dict)
+    epochs: float = 55
+    batch_size: int = 100
+    lr: float = 1e-5
+    energy_model: str = "chgnet"
+    hull: str | dict | None = None
+    reference_split: str | None = None
+    seed: int = 0
+    n_jobs: int = 1
+    device: str = "auto"
+
+    @stage_job(resource="gpu", data="history")
+    def make(self, checkpoint: str | dict[str, Any], hull: str | dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+        """Select and fine-tune; returns the checkpoint (kind ``generator/sft``) and counts."""
+        from xtalforge.makers.screening import load_hull
+        from xtalforge.rl.sft import run_sft_baseline
+        from xtalforge.screening.hull import ReferenceHull
+        from xtalforge.screening.metrics import ReferenceSet
+        from xtalforge.screening.mlip import get_energy_model
+
+        ctx = job_context()
+        device = resolve_device(self.device)
+        gen, parent = load_generator(checkpoint, ctx, device)
+        spec = hull if hull is not None else self.hull
+        if spec is None:
+            raise ValueError("the SFT baseline needs a reference hull (hull=HullMaker output "
+                             "or a saved hull path)")
+        ref_hull = load_hull(spec, ctx) if isinstance(spec, dict) else ReferenceHull.load(spec)
+        ref_structs, _ = dataset_structures(ctx, self.reference_split)
+        out = run_sft_baseline(
+            gen, get_energy_model(self.energy_model, device=device), ref_hull,
+            n_samples=self.n_samples, threshold=self.threshold, relax=self.relax,
+            relax_kwargs=self.relax_kwargs or None, seed=self.seed, device=device,
+            n_jobs=self.n_jobs, reference=ReferenceSet(ref_structs) if ref_structs else None,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+        meta = {"stage": "sft", "parent_checkpoint_id": parent["checkpoint_id"],
+                "n_selected": out["n_selected"], "threshold": self.threshold,
+                "relaxed": self.relax, "device": device}
+        ref = store_checkpoint(gen, ctx, "generator/sft", meta)
+        return clean_floats({"checkpoint": ref, "parent_checkpoint": parent, "device": device,
+                             **{k: v for k, v in out.items() if k != "selected_indices"}})

@@ -1,0 +1,153 @@
+"""Maximum-likelihood pretraining of the Wyckoff transformer, resumable.
+
+:func:`train_wyckoff` minimises the negative log-likelihood of the training crystals' Wyckoff
+sequences (teacher forcing; :meth:`~xtalforge.models.wyckoff.model.WyckoffTransformer.log_prob`)
+with the training loop of the latent diffusion generator
+(:mod:`xtalforge.models.training`): AdamW, warm-up and constant/cosine schedule, gradient
+clipping, a run budget (``max_minutes`` / ``max_run_steps``) and a full training state file
+from which the same call continues (parameters, optimiser moments, step, minibatch order, RNG).
+It takes the keyword arguments of :meth:`~xtalforge.models.training.TrainConfig.loop_kwargs`,
+so the pretraining makers drive both families with one ``TrainConfig``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from xtalforge.models.diffusion import autocast, resolve_autocast_dtype
+from xtalforge.models.training import (
+    Callback,
+    make_checkpointing,
+    resolve_steps,
+    resume_state,
+    run_loop,
+)
+from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator, tokenize_structures
+from xtalforge.models.wyckoff.model import SequenceBatch
+
+__all__ = ["sequences_for_training", "train_wyckoff", "validation_nll"]
+
+logger = logging.getLogger(__name__)
+
+
+def sequences_for_training(generator: WyckoffTransformerGenerator, structures: Sequence,
+                           progress: bool | None = None) -> tuple[SequenceBatch, dict]:
+    """Tokenise training crystals; return the batch and ``{n_input, n_used, skipped: {...}}``."""
+    seqs, reasons = tokenize_structures(structures, generator.config.max_sites,
+                                        generator.config.max_atoms, progress=progress)
+    kept = [q for q in seqs if q is not None]
+    skipped: dict[str, int] = {}
+    for r in reasons:
+        if r is not None:
+            key = r.split(":")[0].split(" > ")[-1] if " > " in r else r.split(":")[0]
+            skipped[key] = skipped.get(key, 0) + 1
+    if not kept:
+        raise ValueError(f"no structure could be tokenised ({skipped})")
+    info = {"n_input": len(structures), "n_used": len(kept), "skipped": skipped}
+    logger.info("tokenised %d/%d training crystals (skipped: %s)", len(kept), len(structures),
+                skipped)
+    return SequenceBatch.from_sequences(kept, generator.config.max_sites), info
+
+
+@torch.no_grad()
+def validation_nll(generator: WyckoffTransformerGenerator, data: SequenceBatch,
+                   batch_size: int = 512) -> float:
+    """Mean negative log-likelihood per crystal of held-out sequences (eval mode)."""
+    model = generator.model
+    was = model.training
+    model.eval()
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        b = data[start : start + batch_size].to(generator.device)
+        total += float(-model.log_prob(b).sum())
+    model.train(was)
+    return total / max(len(data), 1)
+
+
+def train_wyckoff(
+    generator: WyckoffTransformerGenerator,
+    structures: Sequence | SequenceBatch,
+    steps: int | None = None,
+    epochs: float | None = None,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    log_every: int = 100,
+    callback: Callback | None = None,
+    augment_data: bool = False,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    dtype: str = "fp32",
+    warmup_steps: int = 0,
+    schedule: str = "constant",
+    progress: bool | None = None,
+    max_time_s: float | None = None,
+    max_minutes: float | None = None,
+    state_path: str | Path | None = None,
+    save_every_minutes: float = 5.0,
+    on_save: Callable[[Path], None] | None = None,
+    max_run_steps: int | None = None,
+    fit_distributions: bool = True,
+) -> dict:
+    """Train the Wyckoff transformer by maximum likelihood.
+
+    Parameters
+    ----------
+    generator
+        The model (moved to ``device``); its space-group histogram and element vocabulary are
+        fitted to the data.
+    structures
+        Training crystals, or their :class:`SequenceBatch` (tokenise once with
+        :func:`sequences_for_training` when training repeatedly).
+    steps, epochs, batch_size, lr, weight_decay, grad_clip, warmup_steps, schedule, dtype
+        As in :func:`xtalforge.models.training.train_vae`.
+    augment_data
+        Accepted for the shared ``TrainConfig``: a Wyckoff sequence does not change under the
+        rigid motions the other family augments with, so there is nothing to augment.
+    device, seed, log_every, callback, progress, max_time_s
+        As in :func:`xtalforge.models.training.train_vae`.
+    max_minutes, state_path, save_every_minutes, on_save, max_run_steps
+        Resumable training, as in :func:`xtalforge.models.training.train_vae`.
+    fit_distributions
+        Fit the space-group histogram and element vocabulary to ``structures`` (False keeps
+        the model's: fine-tuning on a selection, as the SFT baseline does).
+
+    Returns
+    -------
+    dict
+        Training history (``loss`` = NLL per crystal, and its parts ``nll_wyckoff``,
+        ``nll_element``, ``nll_coords``, ``nll_lattice``), ``steps``, ``completed`` ...
+    """
+    device = torch.device(device)
+    data = structures if isinstance(structures, SequenceBatch) else sequences_for_training(
+        generator, structures, progress=progress)[0]
+    data = data.to(device)
+    generator.to(device)
+    total = resolve_steps(len(data), batch_size, steps, epochs)
+    settings = {"n": len(data), "batch_size": batch_size, "seed": seed}
+    resume = resume_state("wyckoff", generator, state_path, settings)
+    if resume is None and fit_distributions:
+        generator.fit_space_group_distribution(data.group.cpu())
+        generator.model.fit_element_vocabulary(data.elements.cpu())
+    ckpt = make_checkpointing(state_path, generator, {}, save_every_minutes, settings, on_save)
+    ac = resolve_autocast_dtype(dtype, device)
+    model = generator.model
+    model.train()
+
+    def step_fn(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast(device, ac):
+            return model.nll_loss(data[idx.to(device)])
+
+    logger.info("train_wyckoff: %d crystals, %d steps, batch %d, lr %g, device %s", len(data),
+                total, batch_size, lr, device)
+    hist = run_loop("wyckoff", list(model.parameters()), step_fn, len(data), total, batch_size,
+                     lr, weight_decay, grad_clip, warmup_steps, schedule, seed, log_every,
+                     callback, progress, max_time_s=max_time_s, max_minutes=max_minutes,
+                     max_run_steps=max_run_steps, checkpointing=ckpt, resume=resume)
+    model.eval()
+    return hist
