@@ -249,7 +249,8 @@ def cmd_eval(args) -> None:
         todo = [s for s in snaps if (s["tag"], s["step"]) not in seen
                 and (not args.tags or s["tag"] in args.tags.split(","))]
         if todo:
-            s = todo[0]
+            # latest first: the trained end of each curve matters most if time runs short
+            s = max(todo, key=lambda r: r["step"])
             gen = LatentDiffusionGenerator.load(s["path"], map_location=args.device)
             row, samples = screener(gen, {k: s[k] for k in s if k != "path"})
             with gzip.open(out / f"samples_{s['tag']}_{s['step']}{args.suffix}.json.gz",
