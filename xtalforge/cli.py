@@ -41,11 +41,13 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from xtalforge.flows.campaign import CampaignConfigError
     from xtalforge.flows.runner import CampaignConfigMismatch
     from xtalforge.stores.config import StoreConfigError
+    from xtalforge.stores.runlock import CampaignLocked
 
     kinds: list[type[BaseException]] = [
         UserError,
         CampaignConfigError,
         CampaignConfigMismatch,
+        CampaignLocked,
         StoreConfigError,
         yaml.YAMLError,
     ]
@@ -282,6 +284,7 @@ def run(
 
 def _print_status(campaign: Optional[str], store: Optional[str], root: Optional[Path]) -> None:
     from xtalforge.stores.results import CampaignResults
+    from xtalforge.stores.runlock import run_state
 
     res = _results(campaign, store, root)
     recs = res.campaigns()
@@ -292,11 +295,14 @@ def _print_status(campaign: Optional[str], store: Optional[str], root: Optional[
         cres = CampaignResults(res.store, rec["campaign_id"])
         st = cres.job_status()
         n_done = sum(j["finished"] for j in st["jobs"])
+        state, note = run_state(res.store, rec)
         typer.echo(
-            f"\ncampaign {rec['campaign_id']}  status={rec.get('status')}  "
+            f"\ncampaign {rec['campaign_id']}  status={state}  "
             f"created={rec.get('created_at', '')[:19]}  git={rec.get('git_commit')}  "
             f"runs={len(rec.get('runs', []))}"
         )
+        if note:
+            typer.echo(f"  {state}: {note}")
         typer.echo(f"  jobs: {n_done}/{len(st['jobs'])} finished")
         for j in st["jobs"]:
             typer.echo(f"    [{'x' if j['finished'] else ' '}] {j['name']}  ({j['uuid'][:8]})")
@@ -349,6 +355,7 @@ def query(
     metastable: Optional[bool] = typer.Option(None, "--metastable/--not-metastable"),
     stable: Optional[bool] = typer.Option(None, "--stable/--not-stable"),
     novel: Optional[bool] = typer.Option(None, "--novel/--not-novel"),
+    unique: Optional[bool] = typer.Option(None, "--unique/--not-unique"),
     msun: Optional[bool] = typer.Option(None, "--msun/--not-msun"),
     valid: Optional[bool] = typer.Option(None, "--valid/--invalid"),
     sort_by: Optional[str] = typer.Option(None, "--sort-by"),
@@ -374,6 +381,7 @@ def query(
             metastable=metastable,
             stable=stable,
             novel=novel,
+            unique=unique,
             msun=msun,
             valid=valid,
             sort_by=sort_by,
@@ -437,6 +445,7 @@ def export(
     formula: Optional[str] = typer.Option(None),
     metastable: Optional[bool] = typer.Option(None, "--metastable/--not-metastable"),
     novel: Optional[bool] = typer.Option(None, "--novel/--not-novel"),
+    unique: Optional[bool] = typer.Option(None, "--unique/--not-unique"),
     msun: Optional[bool] = typer.Option(None, "--msun/--not-msun"),
     limit: int = typer.Option(0, help="At most this many (0 = all)"),
     store: Optional[str] = StoreOpt,
@@ -455,6 +464,7 @@ def export(
         formula=formula,
         metastable=metastable,
         novel=novel,
+        unique=unique,
         msun=msun,
         valid=True,
         limit=limit or None,
