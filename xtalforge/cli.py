@@ -67,7 +67,13 @@ def _one_line(exc: BaseException) -> str:
         PyMongoError = ()  # noqa: N806
     text = " ".join(str(exc).split())
     if PyMongoError and isinstance(exc, PyMongoError):
-        return f"cannot reach the MongoDB server ({type(exc).__name__}: {text[:200]})"
+        from xtalforge.stores.config import MONGO_TIMEOUT_ENV
+
+        text = text.split(", Timeout:")[0].split(" (configured timeouts")[0]
+        return (
+            f"cannot reach the MongoDB server ({type(exc).__name__}: {text[:200]}); check the "
+            f"URI and that the server runs (${MONGO_TIMEOUT_ENV} sets how long to wait)"
+        )
     return text
 
 
@@ -220,19 +226,41 @@ def demo(
     _setup_logging(verbose)
     _State.debug = _State.debug or verbose
     result = _run_config(demo_config(campaign_id, seed), store, root, force=False)
-    _print_status(campaign_id, store, root)
-    from xtalforge.makers.dft import dft_status_line
-    from xtalforge.stores.config import build_job_store
-
-    line = dft_status_line(build_job_store(store, _root(root)), campaign_id)
-    if line:
-        typer.echo(line)
-    report = _root(root) / campaign_id / "report" / "report.md"
-    if report.exists():
-        typer.echo(f"report: {report}")
-    typer.echo(f"query it with: xtalforge query --campaign {campaign_id} --limit 10")
+    _print_summary(campaign_id, store, root)
     if result["failed"]:
         raise typer.Exit(1)
+
+
+def _print_summary(campaign_id: str, store: Optional[str], root: Optional[Path]) -> None:
+    """The end-of-run summary of ``run`` and ``demo``: status, DFT, report, how to query."""
+    from xtalforge.makers.dft import dft_status_line
+    from xtalforge.stores.config import build_job_store
+    from xtalforge.stores.provenance import get_campaign
+
+    _print_status(campaign_id, store, root)
+    job_store = build_job_store(store, _root(root))
+    line = dft_status_line(job_store, campaign_id)
+    if line:
+        typer.echo(line)
+    rec = get_campaign(job_store, campaign_id) or {}
+    outdir = ((rec.get("config") or {}).get("report") or {}).get("outdir")
+    report = Path(outdir) / "report.md" if outdir else _root(root) / campaign_id / "report" \
+        / "report.md"
+    if report.exists():
+        typer.echo(f"report: {report}")
+    from xtalforge.stores.results import CampaignResults
+
+    df = CampaignResults(job_store, campaign_id).to_dataframe(stage="sample")
+    if not df.empty and "msun" in df.columns:
+        def count(col: str) -> int:
+            return int(df[col].map(lambda v: v is True or v == 1).sum()) if col in df else 0
+
+        typer.echo(
+            f"screened samples: {int(df['e_above_hull'].notna().sum())} with an energy above "
+            f"the hull, {count('metastable')} metastable, {count('msun')} mSUN (metastable, "
+            f"unique, novel): xtalforge query --campaign {campaign_id} --msun"
+        )
+    typer.echo(f"query it with: xtalforge query --campaign {campaign_id} --limit 10")
 
 
 @app.command()
@@ -278,6 +306,7 @@ def run(
         raise UserError(f"{config_file}: the config needs a campaign_id (or pass --campaign-id)")
     store_setting = store or config.get("store")
     result = _run_config(config, store_setting, root, force_config, source=str(config_file))
+    _print_summary(config["campaign_id"], store_setting, root)
     if result["failed"]:
         raise typer.Exit(1)
 
