@@ -232,7 +232,7 @@ def demo(
 
 
 def _print_summary(campaign_id: str, store: Optional[str], root: Optional[Path]) -> None:
-    """The end-of-run summary of ``run`` and ``demo``: status, DFT, report, how to query."""
+    """Print the end-of-run summary of ``run`` and ``demo``: status, DFT, report, queries."""
     from xtalforge.makers.dft import dft_status_line
     from xtalforge.stores.config import build_job_store
     from xtalforge.stores.provenance import get_campaign

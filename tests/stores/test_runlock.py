@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from jobflow import Flow
 
 from xtalforge.flows.runner import run_campaign
 from xtalforge.stores.config import build_job_store

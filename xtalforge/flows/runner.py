@@ -309,7 +309,7 @@ def _run_locked(
     force_config: bool,
     lock: RunLock,
 ) -> dict[str, Any]:
-    """The body of :func:`run_campaign`, run while holding the campaign's lease."""
+    """Run the body of :func:`run_campaign` while holding the campaign's lease."""
     record = get_campaign(store, campaign_id)
     replaced: dict[str, Any] | None = None
     if record is not None and record.get("flow"):

@@ -338,9 +338,9 @@ class RunLock:
         self._thread.start()
 
     def _heartbeat_store(self):
-        """The campaigns store for the heartbeat thread (its own connection for montydb)."""
+        """Return the campaigns store for the heartbeat thread (own connection for montydb)."""
         campaigns = additional(self.store, "campaigns")
-        if type(campaigns).__name__ == "MontyStore":  # sqlite connections stay in their thread
+        if type(campaigns).__name__ == "MontyStore":  # sqlite: one connection per thread
             clone = type(campaigns).from_dict(campaigns.as_dict())
             clone.connect()
             return clone
