@@ -280,6 +280,7 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
     """
     import torch
 
+    from xtalforge.models.checkpoint import load_checkpoint_file
     from xtalforge.models.generator import LatentDiffusionGenerator
     from xtalforge.rewards.base import build_reward
     from xtalforge.rl.grpo import GRPOTrainer
@@ -295,9 +296,7 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
         ppath, _ = resolve_checkpoint(progress["policy"], ctx.blobs)
         policy = LatentDiffusionGenerator.load(ppath, map_location=device)
         spath, _ = resolve_checkpoint(progress["trainer_state"], ctx.blobs)
-        state = torch.load(spath, map_location=device, weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{spath}: not an RL trainer state")
+        state = load_checkpoint_file(spath, STATE_FORMAT, "xtalforge RL trainer state", device)
         resumed_from = int(progress["step"])
         logger.info("resuming RL job %s from step %d", ctx.job_uuid, resumed_from)
     else:
