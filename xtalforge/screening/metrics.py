@@ -30,7 +30,7 @@ Speed (results identical to the plain pymatgen calls)
     processes.
 Stability
     ``stable``: ``e_above_hull <= 0`` (+ ``tol`` = 1e-8 eV/atom of numerical noise);
-    ``metastable``: ``e_above_hull < 0.1`` eV/atom, *strict*, as the seed paper writes it
+    ``metastable``: ``e_above_hull < 0.1`` eV/atom, *strict*, as Park & Walsh 2025 write it
     (Chemeleon2's code uses ``<= 0.1``: pass ``metastable_inclusive=True``).
     ``SUN = stable & unique & novel``; ``mSUN = metastable & unique & novel``.
 Structural validity
@@ -645,7 +645,7 @@ def element_category_stats(compositions: Sequence[Any]) -> dict[str, float]:
 
     Returns ``frac_with_<category>`` (fraction of the *given, non-None* items containing at
     least one element of the category) and ``share_<category>`` (share of the category among
-    all (item, distinct element) occurrences: the seed paper's pie-chart proportions).
+    all (item, distinct element) occurrences: the pie-chart proportions of Park & Walsh 2025).
     """
     present = [getattr(c, "composition", c) for c in compositions if c is not None]
     n = len(present)
@@ -768,7 +768,7 @@ def compute_metrics(
         Also compute min same-formula AMD distances and the creativity reward (needs the
         ``average-minimum-distance`` package).
     amd_k : int
-        AMD neighbours (100 in the seed paper).
+        AMD neighbours (100 in Park & Walsh 2025).
     n_jobs : int
         Worker processes (-1: all cores).
     matcher_kwargs : dict, optional
