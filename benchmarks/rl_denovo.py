@@ -26,7 +26,8 @@ Hull: MP-20 formation energies (all 45,229 entries, DFT GGA/GGA+U with MP2020 co
 distributed with MP-20, elements at 0) queried with CHGNet total energies converted by CHGNet
 elemental chemical potentials ``E_form = E_CHGNet - sum_a mu_a n_a`` (Park & Walsh 2025,
 Methods). The ``mu_a`` are the lowest CHGNet single-point energies per atom of the elemental
-structures in MP-20 val + test; elements without one there use ASE's reference crystal relaxed with CHGNet;
+structures in MP-20 val + test; elements without one there use ASE's reference crystal relaxed
+with CHGNet;
 elements for which that fails are left out (their chemical systems are not covered: NaN, counted
 as not metastable). The sources are printed and saved.
 
