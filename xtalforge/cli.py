@@ -218,14 +218,22 @@ def demo(
     store: Optional[str] = StoreOpt,
     root: Optional[Path] = RootOpt,
     seed: int = typer.Option(0, help="Random seed"),
+    train: bool = typer.Option(
+        False, "--train", help="Pretrain the generator from scratch instead of starting from "
+        "the small one shipped with the package (minutes more)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run the demo campaign on the embedded store (CPU, minutes)."""
+    """Run the demo campaign on the embedded store (CPU, a few minutes).
+
+    Ingest the demo dataset, RL fine-tune the shipped tiny generator (or, with --train, one
+    pretrained from scratch), sample, screen with CHGNet against a hull of the demo
+    structures, prepare DFT for the top candidates and write a report.
+    """
     from xtalforge.flows.campaign import demo_config
 
     _setup_logging(verbose)
     _State.debug = _State.debug or verbose
-    result = _run_config(demo_config(campaign_id, seed), store, root, force=False)
+    result = _run_config(demo_config(campaign_id, seed, train=train), store, root, force=False)
     _print_summary(campaign_id, store, root)
     if result["failed"]:
         raise typer.Exit(1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,13 @@ from pymatgen.core import Element, Structure
 from xtalforge.data.loaders import LoadReport, _finish
 
 logger = logging.getLogger(__name__)
+
+#: The small generator shipped for ``xtalforge demo`` (trained on the demo campaign's dataset by
+#: ``scripts/train_demo_generator.py``; its record, with the command and the dataset
+#: fingerprint, is :data:`DEMO_GENERATOR_INFO`).
+DEMO_GENERATOR = Path(__file__).resolve().parent / "weights" / "demo_generator.pt"
+#: JSON record of :data:`DEMO_GENERATOR`.
+DEMO_GENERATOR_INFO = DEMO_GENERATOR.with_suffix(".json")
 
 _PAIRS = [
     ("Li", "F"),
