@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"training failed: {out.get('errors')}", file=sys.stderr)
             return 1
         ingest = store.query_one({"name": "ingest dataset"}, properties=["output"])["output"]
-        ldm = store.query_one({"name": "train ldm"}, properties=["output"])["output"]
-        vae = store.query_one({"name": "train vae"}, properties=["output"])["output"]
+        # load=True: the histories live in the 'data' store
+        ldm = store.query_one({"name": "train ldm"}, properties=["output"], load=True)["output"]
+        vae = store.query_one({"name": "train vae"}, properties=["output"], load=True)["output"]
         path, ref = resolve_checkpoint(ldm["checkpoint"], store.additional_stores["blobs"])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, args.out)

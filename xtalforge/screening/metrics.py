@@ -585,11 +585,12 @@ def creativity_reward(unique: Sequence[bool], novel: Sequence[bool],
 def frechet_distance(x_gen: np.ndarray, x_ref: np.ndarray, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to two embedding sets (FMD).
 
-    ``||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))`` with ``scipy.linalg.sqrtm``;
-    ``eps`` is added to the diagonals when the product is singular.
+    ``||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))``. The trace of the matrix square
+    root is computed from the symmetric form: ``Tr((S_g S_r)^(1/2))`` is the sum of the square
+    roots of the eigenvalues of ``S_g^(1/2) S_r S_g^(1/2)`` (positive semi-definite, so
+    ``numpy.linalg.eigh`` is exact and cannot fail the way ``scipy.linalg.sqrtm`` of the
+    non-symmetric product can on nearly singular covariances). ``eps`` is kept for callers.
     """
-    from scipy import linalg
-
     x_gen = np.asarray(x_gen, dtype=np.float64)
     x_ref = np.asarray(x_ref, dtype=np.float64)
     if x_gen.ndim != 2 or x_ref.ndim != 2 or x_gen.shape[1] != x_ref.shape[1]:
@@ -599,13 +600,12 @@ def frechet_distance(x_gen: np.ndarray, x_ref: np.ndarray, eps: float = 1e-6) ->
     mu1, mu2 = x_gen.mean(0), x_ref.mean(0)
     s1 = np.atleast_2d(np.cov(x_gen, rowvar=False))
     s2 = np.atleast_2d(np.cov(x_ref, rowvar=False))
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.all(np.isfinite(covmean)):
-        off = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
-    covmean = np.real(covmean)
+    w1, v1 = np.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
+    m = root1 @ s2 @ root1
+    tr_covmean = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
 def coverage(x_gen: np.ndarray, x_ref: np.ndarray) -> float:
