@@ -32,3 +32,12 @@ def test_rank_deficient_embeddings_give_a_finite_distance():
     assert np.isfinite(d) and d >= 0
     assert 0 < coverage(a, b) <= 1
     assert frechet_distance(b, b) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_nan_rows_of_failed_decodes_are_left_out():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(50, 8)), rng.normal(size=(70, 8)) + 0.2
+    with_nan = np.vstack([a, np.full((2, 8), np.nan)])  # two structures that failed to decode
+    assert frechet_distance(with_nan, b) == pytest.approx(frechet_distance(a, b))
+    with pytest.raises(ValueError, match="at least 2 finite embeddings"):
+        frechet_distance(np.full((5, 8), np.nan), b)

@@ -590,13 +590,17 @@ def frechet_distance(x_gen: np.ndarray, x_ref: np.ndarray, eps: float = 1e-6) ->
     roots of the eigenvalues of ``S_g^(1/2) S_r S_g^(1/2)`` (positive semi-definite, so
     ``numpy.linalg.eigh`` is exact and cannot fail the way ``scipy.linalg.sqrtm`` of the
     non-symmetric product can on nearly singular covariances). ``eps`` is kept for callers.
+    Rows with a non-finite value (structures that could not be embedded: failed decodes give
+    NaN rows) are left out; fewer than 2 finite rows in a set is a ``ValueError``.
     """
     x_gen = np.asarray(x_gen, dtype=np.float64)
     x_ref = np.asarray(x_ref, dtype=np.float64)
     if x_gen.ndim != 2 or x_ref.ndim != 2 or x_gen.shape[1] != x_ref.shape[1]:
         raise ValueError("embeddings must be 2-D arrays with the same feature dimension")
+    x_gen = x_gen[np.isfinite(x_gen).all(axis=1)]
+    x_ref = x_ref[np.isfinite(x_ref).all(axis=1)]
     if len(x_gen) < 2 or len(x_ref) < 2:
-        raise ValueError("need at least 2 embeddings per set")
+        raise ValueError("need at least 2 finite embeddings per set")
     mu1, mu2 = x_gen.mean(0), x_ref.mean(0)
     s1 = np.atleast_2d(np.cov(x_gen, rowvar=False))
     s2 = np.atleast_2d(np.cov(x_ref, rowvar=False))
@@ -839,9 +843,14 @@ def compute_metrics(
     summary["n_failed_input"] = int(sum(s is None for s in structures))
     summary.update(element_category_stats([s for s in structures if s is not None]))
     if embeddings is not None and reference_embeddings is not None:
-        fmd = frechet_distance(embeddings, reference_embeddings)
-        summary["fmd"] = fmd
-        summary["coverage"] = 1.0 / (1.0 + max(fmd, 0.0))
+        try:  # coverage is a summary statistic: its failure must not lose the screening
+            fmd = frechet_distance(embeddings, reference_embeddings)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            summary["coverage_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            summary["fmd"] = fmd
+            summary["coverage"] = 1.0 / (1.0 + max(fmd, 0.0))
+            summary["n_embedded"] = int(np.isfinite(np.asarray(embeddings, float)).all(1).sum())
     summary["settings"] = {
         "matcher_kwargs": kw,
         "smact_oxidation_states_set": smact_oxidation_states_set,
