@@ -268,6 +268,8 @@ def _print_summary(campaign_id: str, store: Optional[str], root: Optional[Path])
             f"the hull, {count('metastable')} metastable, {count('msun')} mSUN (metastable, "
             f"unique, novel): xtalforge query --campaign {campaign_id} --msun"
         )
+        typer.echo("  (MLIP estimates against the campaign's reference hull: candidates for DFT "
+                   "validation, not confirmed materials)")
     typer.echo(f"query it with: xtalforge query --campaign {campaign_id} --limit 10")
 
 

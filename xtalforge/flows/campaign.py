@@ -572,7 +572,7 @@ def demo_config(campaign_id: str = "demo", seed: int = 0, train: bool = False
     pretrained from scratch (4,000 VAE and 3,000 LDM steps: minutes more), a few GRPO steps,
     CHGNet single-point screening against an MLIP-consistent hull of the demo structures, DFT
     flows built for the top candidates (stored ready to submit when no VASP is installed) and a
-    report. Batches of 8 structures keep CHGNet's memory low.
+    report. CHGNet batches of 4 structures keep the peak memory low.
     """
     from xtalforge.data.demo import DEMO_GENERATOR
 
@@ -604,6 +604,7 @@ def demo_config(campaign_id: str = "demo", seed: int = 0, train: bool = False
             "val_size": 32,
             "sampling_steps": 20,
             "checkpoint_every": 4,
+            "energy_batch_size": 4,
         },
         "sample": {
             "n": 200,
@@ -612,8 +613,8 @@ def demo_config(campaign_id: str = "demo", seed: int = 0, train: bool = False
             "device": "cpu",
             "sample_base": True,
         },
-        "hull": {"kind": "mlip", "mlip": "chgnet", "device": "cpu", "batch_size": 8},
-        "screen": {"mlip": "chgnet", "device": "cpu", "k": 5, "batch_size": 8},
+        "hull": {"kind": "mlip", "mlip": "chgnet", "device": "cpu", "batch_size": 4},
+        "screen": {"mlip": "chgnet", "device": "cpu", "k": 5, "batch_size": 4},
         "dft": {"k": 3},
         "report": {},
     }
