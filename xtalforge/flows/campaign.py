@@ -383,7 +383,7 @@ def _local_path(source: str) -> tuple[str, Path] | None:
 
 
 def resolve_local_paths(config: dict[str, Any], base: str | Path | None = None) -> dict[str, Any]:
-    """Return a copy of ``config`` whose dataset sources are absolute; raise if one is missing.
+    """Return a copy of ``config`` whose dataset sources and checkpoint path are absolute.
 
     Jobs run in their own folders, so a relative ``dataset``/``reference`` ``source`` is made
     absolute against ``base`` (default: the current directory) before the flow is built. Used
@@ -392,7 +392,7 @@ def resolve_local_paths(config: dict[str, Any], base: str | Path | None = None) 
     Raises
     ------
     CampaignConfigError
-        When a source file (or ``mp20:`` folder) does not exist.
+        When a source file (or ``mp20:`` folder) or the checkpoint file does not exist.
     """
     config = copy.deepcopy(config)
     base = Path(base) if base is not None else Path.cwd()
@@ -408,6 +408,13 @@ def resolve_local_paths(config: dict[str, Any], base: str | Path | None = None) 
         if not path.exists():
             raise CampaignConfigError(f"{section}.source: not found: {path}")
         sec["source"] = prefix + str(path.resolve())
+    ckpt = config.get("checkpoint")
+    if isinstance(ckpt, str) and ckpt:
+        path = Path(ckpt).expanduser()
+        path = path if path.is_absolute() else (base / path)
+        if not path.is_file():
+            raise CampaignConfigError(f"checkpoint: not found: {path}")
+        config["checkpoint"] = str(path.resolve())
     return config
 
 
