@@ -320,7 +320,7 @@ def describe_protocol(df: pd.DataFrame) -> str | None:
                          + (" (MIXED)" if len(kinds) > 1 else ""))
     if "lineage.sampler" in df.columns:
         samplers = _distinct(df["lineage.sampler"], lambda s: (
-            f"DDIM {s.get('steps')} steps, eta {s.get('eta')}, seed {s.get('seed')}"
+            f"DDIM {s.get('steps')} steps, eta={s.get('eta')}, seed={s.get('seed')}"
             if isinstance(s, Mapping) else str(s)))
         if samplers:
             parts.append("sampling: " + "; ".join(samplers))
