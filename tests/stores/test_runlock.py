@@ -100,6 +100,19 @@ def test_second_concurrent_run_is_refused_naming_the_holder(jobs_module, tmp_pat
         assert run_state(store, rec)[0] == "running"
         # the lease document never shows up as a campaign
         assert [r["campaign_id"] for r in list_campaigns(store)] == ["twice"]
+        # the CLI: one error line naming the holder, exit code 2, nothing written
+        from typer.testing import CliRunner
+
+        from xtalforge.cli import app
+
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text("campaign_id: twice\ndataset: {source: demo, limit: 2}\n")
+        r = CliRunner().invoke(app, ["run", str(cfg), "--root", str(root)],
+                               env={"XTALFORGE_STORE": "", "XTALFORGE_DEBUG": ""})
+        assert r.exit_code == 2, r.output
+        assert r.stderr.startswith(f"error: campaign 'twice' is already being run by pid "
+                                   f"{proc.pid} on host"), r.stderr
+        assert "Traceback" not in r.output
     finally:
         out, err = proc.communicate("go\n")
     assert proc.returncode == 0, err
