@@ -4,8 +4,8 @@ Every ``--eval-every`` steps the trainer samples the same noise and atom counts
 (``GRPOConfig.eval_seed``) and scores them with the reward's metrics, so these curves compare
 policies from step to step and across runs (the rollout metrics do not: their atom counts
 change every step). One PNG with three panels against the RL step: the mSUN fraction, the
-number of distinct reduced formulas among the evaluation samples (mode collapse, seed 000 Fig.
-2c) and the mean MLIP energy above hull::
+number of distinct reduced formulas among the evaluation samples (mode collapse, Park & Walsh
+2025 Fig. 2c) and the mean MLIP energy above hull::
 
     python benchmarks/plot_rl_curves.py --out rl_curves.png \
         "paper weights=out/r_dng/results.json" "no diversity=out/r_nodiv/results.json"

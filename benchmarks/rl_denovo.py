@@ -18,15 +18,16 @@ split with positions here) this script
    counts) and screens them identically: CHGNet single points on the as-generated structures,
    the same hull, StructureMatcher uniqueness and novelty against MP-20 val, SMACT (ICSD24),
    metastability ``E_hull < 0.1 eV/atom``, coverage ``1/(1+FMD)`` of VAE structure embeddings
-   against MP-20 val; prints them in the layout of seed 000 Table S1, the number of distinct
-   reduced formulas (mode collapse check, Fig. 2c), and the fraction of surrogate-predicted gaps
-   within 2.7-3.3 eV before and after the band-gap run.
+   against MP-20 val; prints them in the layout of Park & Walsh 2025 Table S1, the number of
+   distinct reduced formulas (mode collapse check, Fig. 2c), and the fraction of
+   surrogate-predicted gaps within 2.7-3.3 eV before and after the band-gap run.
 
 Hull: MP-20 formation energies (all 45,229 entries, DFT GGA/GGA+U with MP2020 corrections as
 distributed with MP-20, elements at 0) queried with CHGNet total energies converted by CHGNet
-elemental chemical potentials ``E_form = E_CHGNet - sum_a mu_a n_a`` (seed 000, Methods). The
-``mu_a`` are the lowest CHGNet single-point energies per atom of the elemental structures in
-MP-20 val + test; elements without one there use ASE's reference crystal relaxed with CHGNet;
+elemental chemical potentials ``E_form = E_CHGNet - sum_a mu_a n_a`` (Park & Walsh 2025,
+Methods). The ``mu_a`` are the lowest CHGNet single-point energies per atom of the elemental
+structures in MP-20 val + test; elements without one there use ASE's reference crystal relaxed
+with CHGNet;
 elements for which that fails are left out (their chemical systems are not covered: NaN, counted
 as not metastable). The sources are printed and saved.
 
@@ -169,7 +170,7 @@ def evaluate(label, gen, args, res, device, surrogate=None) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    """Seed 000 Table S1 layout (percentages; coverage = 1/(1+FMD))."""
+    """Park & Walsh 2025 Table S1 layout (percentages; coverage = 1/(1+FMD))."""
     cols = [("mSUN", "mSUN"), ("uniqueness", "Uniq."), ("novelty", "Novelty"),
             ("smact_validity", "SMACT"), ("metastability", "Metast."),
             ("coverage", "Coverage"), ("n_distinct_formulas", "#formulas"),

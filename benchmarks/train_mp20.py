@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--vae-minutes", type=float, default=None, help="stop VAE training after")
     ap.add_argument("--ldm-minutes", type=float, default=None, help="stop LDM training after")
     ap.add_argument("--kl-weight", type=float, default=None,
-                    help="VAE KL weight (default: the preset's, 1e-5 as in seed 000)")
+                    help="VAE KL weight (default: the preset's, 1e-5 as in Park & Walsh 2025)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--vae-lr", type=float, default=1e-4)
     ap.add_argument("--ldm-lr", type=float, default=1e-4)

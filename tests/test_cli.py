@@ -76,6 +76,16 @@ def test_query_in_new_process_lists_provenance(demo_root):
     ehull = [r["e_above_hull"] for r in rows if r["e_above_hull"] is not None]
     assert ehull and ehull == sorted(ehull)
     assert all(r["screen_errors"] for r in rows if r["e_above_hull"] is None)
+    # --unique / --not-unique (README's filters) split the screened samples
+    cols = ["--stage", "sample", "--format", "json", "--limit", "0", "--columns",
+            "structure_id,unique"]
+    uniq = json.loads(_run(["query", "--campaign", "demo", "--unique", *cols], demo_root).stdout)
+    assert uniq and all(r["unique"] is True for r in uniq)
+    p = _run(["query", "--campaign", "demo", "--not-unique", *cols], demo_root)
+    dup = [] if p.stdout.startswith("no matching") else json.loads(p.stdout)
+    assert all(r["unique"] is False for r in dup)
+    assert len(uniq) + len(dup) == sum(r["unique"] is not None for r in json.loads(
+        _run(["query", "--campaign", "demo", *cols], demo_root).stdout))
 
 
 def test_history_and_export(demo_root, tmp_path):

@@ -46,6 +46,10 @@ def small_root(tmp_path_factory):
                  {"campaign_id": "small", "dataset": {"source": "demo", "limit": 20}})
     r = _invoke(["run", str(cfg)], root)
     assert r.exit_code == 0 and "status: completed" in r.stdout, r.output
+    # run ends with the summary demo prints
+    assert "campaign small  status=completed" in r.stdout and "jobs: 1/1 finished" in r.stdout
+    assert "structures/dataset: 20 documents" in r.stdout
+    assert "query it with: xtalforge query --campaign small" in r.stdout
     return root
 
 
@@ -162,9 +166,39 @@ def test_read_commands_still_work(small_root):
     assert r.exit_code == 0 and len(r.stdout.strip().splitlines()) == 4, r.output
     r = _invoke(["status"], small_root)
     assert r.exit_code == 0 and "campaign small" in r.stdout
+    r = _invoke(["query", "--campaign", "small", "--unique"], small_root)  # not screened yet
+    assert r.exit_code == 0 and "no matching structures" in r.stdout, r.output
 
 
 def test_empty_store(tmp_path):
     r = _invoke(["status"], tmp_path)
     assert r.exit_code == 0 and "no campaigns in this store" in r.stdout
     _assert_user_error(_invoke(["table", "denovo"], tmp_path), "no campaigns in this store")
+
+
+@pytest.mark.parametrize("command", [["status"], ["query", "--campaign", "x"], ["run"]])
+def test_unreachable_mongodb_is_one_line_after_a_short_wait(tmp_path, command):
+    uri = "mongodb://127.0.0.1:1/xf"  # port 1: connection refused
+    if command == ["run"]:
+        command = ["run", str(_write(tmp_path / "c.yaml", {"campaign_id": "m",
+                                                            "dataset": {"source": "demo"}}))]
+    r = CliRunner().invoke(app, [*command, "--store", uri, "--root", str(tmp_path)],
+                           env={**ENV, "XTALFORGE_MONGO_TIMEOUT_S": "0.2"})
+    _assert_user_error(r, "cannot reach the MongoDB server", "ServerSelectionTimeoutError",
+                       "127.0.0.1:1", "XTALFORGE_MONGO_TIMEOUT_S")
+
+
+def test_mongo_timeout_setting(monkeypatch):
+    from xtalforge.stores.config import StoreConfigError, build_job_store, mongo_timeout_ms
+
+    monkeypatch.delenv("XTALFORGE_MONGO_TIMEOUT_S", raising=False)
+    assert mongo_timeout_ms("mongodb://h/db") == 5000
+    assert mongo_timeout_ms("mongodb://h/db?serverSelectionTimeoutMS=100") is None
+    monkeypatch.setenv("XTALFORGE_MONGO_TIMEOUT_S", "2.5")
+    store = build_job_store("mongodb://h:27017/db")
+    assert store.docs_store.mongoclient_kwargs == {"serverSelectionTimeoutMS": 2500}
+    assert store.additional_stores["blobs"].mongoclient_kwargs == {
+        "serverSelectionTimeoutMS": 2500}
+    monkeypatch.setenv("XTALFORGE_MONGO_TIMEOUT_S", "soon")
+    with pytest.raises(StoreConfigError, match="XTALFORGE_MONGO_TIMEOUT_S must be a number"):
+        build_job_store("mongodb://h/db")

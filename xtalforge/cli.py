@@ -41,11 +41,13 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from xtalforge.flows.campaign import CampaignConfigError
     from xtalforge.flows.runner import CampaignConfigMismatch
     from xtalforge.stores.config import StoreConfigError
+    from xtalforge.stores.runlock import CampaignLocked
 
     kinds: list[type[BaseException]] = [
         UserError,
         CampaignConfigError,
         CampaignConfigMismatch,
+        CampaignLocked,
         StoreConfigError,
         yaml.YAMLError,
     ]
@@ -65,7 +67,13 @@ def _one_line(exc: BaseException) -> str:
         PyMongoError = ()  # noqa: N806
     text = " ".join(str(exc).split())
     if PyMongoError and isinstance(exc, PyMongoError):
-        return f"cannot reach the MongoDB server ({type(exc).__name__}: {text[:200]})"
+        from xtalforge.stores.config import MONGO_TIMEOUT_ENV
+
+        text = text.split(", Timeout:")[0].split(" (configured timeouts")[0]
+        return (
+            f"cannot reach the MongoDB server ({type(exc).__name__}: {text[:200]}); check the "
+            f"URI and that the server runs (${MONGO_TIMEOUT_ENV} sets how long to wait)"
+        )
     return text
 
 
@@ -212,27 +220,59 @@ def demo(
     store: Optional[str] = StoreOpt,
     root: Optional[Path] = RootOpt,
     seed: int = typer.Option(0, help="Random seed"),
+    train: bool = typer.Option(
+        False, "--train", help="Pretrain the generator from scratch instead of starting from "
+        "the small one shipped with the package (minutes more)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run the demo campaign on the embedded store (CPU, minutes)."""
+    """Run the demo campaign on the embedded store (CPU, a few minutes).
+
+    Ingest the demo dataset, RL fine-tune the shipped tiny generator (or, with --train, one
+    pretrained from scratch), sample, screen with CHGNet against a hull of the demo
+    structures, prepare DFT for the top candidates and write a report.
+    """
     from xtalforge.flows.campaign import demo_config
 
     _setup_logging(verbose)
     _State.debug = _State.debug or verbose
-    result = _run_config(demo_config(campaign_id, seed), store, root, force=False)
-    _print_status(campaign_id, store, root)
-    from xtalforge.makers.dft import dft_status_line
-    from xtalforge.stores.config import build_job_store
-
-    line = dft_status_line(build_job_store(store, _root(root)), campaign_id)
-    if line:
-        typer.echo(line)
-    report = _root(root) / campaign_id / "report" / "report.md"
-    if report.exists():
-        typer.echo(f"report: {report}")
-    typer.echo(f"query it with: xtalforge query --campaign {campaign_id} --limit 10")
+    result = _run_config(demo_config(campaign_id, seed, train=train), store, root, force=False)
+    _print_summary(campaign_id, store, root)
     if result["failed"]:
         raise typer.Exit(1)
+
+
+def _print_summary(campaign_id: str, store: Optional[str], root: Optional[Path]) -> None:
+    """Print the end-of-run summary of ``run`` and ``demo``: status, DFT, report, queries."""
+    from xtalforge.makers.dft import dft_status_line
+    from xtalforge.stores.config import build_job_store
+    from xtalforge.stores.provenance import get_campaign
+
+    _print_status(campaign_id, store, root)
+    job_store = build_job_store(store, _root(root))
+    line = dft_status_line(job_store, campaign_id)
+    if line:
+        typer.echo(line)
+    rec = get_campaign(job_store, campaign_id) or {}
+    outdir = ((rec.get("config") or {}).get("report") or {}).get("outdir")
+    report = Path(outdir) / "report.md" if outdir else _root(root) / campaign_id / "report" \
+        / "report.md"
+    if report.exists():
+        typer.echo(f"report: {report}")
+    from xtalforge.stores.results import CampaignResults
+
+    df = CampaignResults(job_store, campaign_id).to_dataframe(stage="sample")
+    if not df.empty and "msun" in df.columns:
+        def count(col: str) -> int:
+            return int(df[col].map(lambda v: v is True or v == 1).sum()) if col in df else 0
+
+        typer.echo(
+            f"screened samples: {int(df['e_above_hull'].notna().sum())} with an energy above "
+            f"the hull, {count('metastable')} metastable, {count('msun')} mSUN (metastable, "
+            f"unique, novel): xtalforge query --campaign {campaign_id} --msun"
+        )
+        typer.echo("  (MLIP estimates against the campaign's reference hull: candidates for DFT "
+                   "validation, not confirmed materials)")
+    typer.echo(f"query it with: xtalforge query --campaign {campaign_id} --limit 10")
 
 
 @app.command()
@@ -278,12 +318,14 @@ def run(
         raise UserError(f"{config_file}: the config needs a campaign_id (or pass --campaign-id)")
     store_setting = store or config.get("store")
     result = _run_config(config, store_setting, root, force_config, source=str(config_file))
+    _print_summary(config["campaign_id"], store_setting, root)
     if result["failed"]:
         raise typer.Exit(1)
 
 
 def _print_status(campaign: Optional[str], store: Optional[str], root: Optional[Path]) -> None:
     from xtalforge.stores.results import CampaignResults
+    from xtalforge.stores.runlock import run_state
 
     res = _results(campaign, store, root)
     recs = res.campaigns()
@@ -294,11 +336,14 @@ def _print_status(campaign: Optional[str], store: Optional[str], root: Optional[
         cres = CampaignResults(res.store, rec["campaign_id"])
         st = cres.job_status()
         n_done = sum(j["finished"] for j in st["jobs"])
+        state, note = run_state(res.store, rec)
         typer.echo(
-            f"\ncampaign {rec['campaign_id']}  status={rec.get('status')}  "
+            f"\ncampaign {rec['campaign_id']}  status={state}  "
             f"created={rec.get('created_at', '')[:19]}  git={rec.get('git_commit')}  "
             f"runs={len(rec.get('runs', []))}"
         )
+        if note:
+            typer.echo(f"  {state}: {note}")
         typer.echo(f"  jobs: {n_done}/{len(st['jobs'])} finished")
         for j in st["jobs"]:
             typer.echo(f"    [{'x' if j['finished'] else ' '}] {j['name']}  ({j['uuid'][:8]})")
@@ -335,6 +380,7 @@ def query(
     metastable: Optional[bool] = typer.Option(None, "--metastable/--not-metastable"),
     stable: Optional[bool] = typer.Option(None, "--stable/--not-stable"),
     novel: Optional[bool] = typer.Option(None, "--novel/--not-novel"),
+    unique: Optional[bool] = typer.Option(None, "--unique/--not-unique"),
     msun: Optional[bool] = typer.Option(None, "--msun/--not-msun"),
     valid: Optional[bool] = typer.Option(None, "--valid/--invalid"),
     sort_by: Optional[str] = typer.Option(None, "--sort-by"),
@@ -360,6 +406,7 @@ def query(
             metastable=metastable,
             stable=stable,
             novel=novel,
+            unique=unique,
             msun=msun,
             valid=valid,
             sort_by=sort_by,
@@ -423,6 +470,7 @@ def export(
     formula: Optional[str] = typer.Option(None),
     metastable: Optional[bool] = typer.Option(None, "--metastable/--not-metastable"),
     novel: Optional[bool] = typer.Option(None, "--novel/--not-novel"),
+    unique: Optional[bool] = typer.Option(None, "--unique/--not-unique"),
     msun: Optional[bool] = typer.Option(None, "--msun/--not-msun"),
     limit: int = typer.Option(0, help="At most this many (0 = all)"),
     store: Optional[str] = StoreOpt,
@@ -441,6 +489,7 @@ def export(
         formula=formula,
         metastable=metastable,
         novel=novel,
+        unique=unique,
         msun=msun,
         valid=True,
         limit=limit or None,

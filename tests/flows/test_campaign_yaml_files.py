@@ -25,3 +25,21 @@ def test_campaign_yaml_builds(path):
     if path.name == "mp20_gpu.yaml":
         assert maker.pretrain.ldm_maker.train.max_minutes == 230
         assert maker.rl.grpo.select_by == "eval/frac_msun" and maker.rl.grpo.eval_every == 10
+
+
+def test_demo_yaml_is_the_demo_configuration():
+    from xtalforge.data.demo import DEMO_GENERATOR
+    from xtalforge.flows.campaign import demo_config, resolve_local_paths
+
+    root = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((root / "campaigns" / "demo.yaml").read_text())
+    resolved = resolve_local_paths(config, base=root)
+    assert resolved["checkpoint"] == str(DEMO_GENERATOR)
+    assert {**resolved, "campaign_id": "demo"} == demo_config("demo")
+
+
+def test_missing_checkpoint_is_caught_before_anything_runs(tmp_path):
+    from xtalforge.flows.campaign import CampaignConfigError, resolve_local_paths
+
+    with pytest.raises(CampaignConfigError, match="checkpoint: not found: .*nope.pt"):
+        resolve_local_paths({"checkpoint": "nope.pt"}, base=tmp_path)

@@ -371,7 +371,7 @@ def _local_path(source: str) -> tuple[str, Path] | None:
 
 
 def resolve_local_paths(config: dict[str, Any], base: str | Path | None = None) -> dict[str, Any]:
-    """Return a copy of ``config`` whose dataset sources are absolute; raise if one is missing.
+    """Return a copy of ``config`` whose dataset sources and checkpoint path are absolute.
 
     Jobs run in their own folders, so a relative ``dataset``/``reference`` ``source`` is made
     absolute against ``base`` (default: the current directory) before the flow is built. Used
@@ -380,7 +380,7 @@ def resolve_local_paths(config: dict[str, Any], base: str | Path | None = None) 
     Raises
     ------
     CampaignConfigError
-        When a source file (or ``mp20:`` folder) does not exist.
+        When a source file (or ``mp20:`` folder) or the checkpoint file does not exist.
     """
     config = copy.deepcopy(config)
     base = Path(base) if base is not None else Path.cwd()
@@ -396,6 +396,13 @@ def resolve_local_paths(config: dict[str, Any], base: str | Path | None = None) 
         if not path.exists():
             raise CampaignConfigError(f"{section}.source: not found: {path}")
         sec["source"] = prefix + str(path.resolve())
+    ckpt = config.get("checkpoint")
+    if isinstance(ckpt, str) and ckpt:
+        path = Path(ckpt).expanduser()
+        path = path if path.is_absolute() else (base / path)
+        if not path.is_file():
+            raise CampaignConfigError(f"checkpoint: not found: {path}")
+        config["checkpoint"] = str(path.resolve())
     return config
 
 
@@ -560,35 +567,48 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
     )
 
 
-def demo_config(campaign_id: str = "demo", seed: int = 0) -> dict[str, Any]:
+def demo_config(campaign_id: str = "demo", seed: int = 0, train: bool = False
+                ) -> dict[str, Any]:
     """Return the configuration of the demo campaign (whole chain on 2 CPU cores, minutes).
 
-    Tiny generator trained briefly on the demo dataset, a few GRPO steps, CHGNet screening
-    against an MLIP-consistent hull of the demo structures, DFT flows built for the top
-    candidates (stored ready to submit when no VASP is installed) and a report.
+    The tiny generator shipped with the package (``xtalforge/data/weights/demo_generator.pt``,
+    trained on this dataset by ``scripts/train_demo_generator.py``), or with ``train=True`` one
+    pretrained from scratch (4,000 VAE and 3,000 LDM steps: minutes more), a few GRPO steps,
+    CHGNet single-point screening against an MLIP-consistent hull of the demo structures, DFT
+    flows built for the top candidates (stored ready to submit when no VASP is installed) and a
+    report. CHGNet batches of 4 structures keep the peak memory low.
     """
-    return {
+    from xtalforge.data.demo import DEMO_GENERATOR
+
+    config: dict[str, Any] = {
         "campaign_id": campaign_id,
         "name": "demo campaign",
         "seed": seed,
         "dataset": {"source": "demo", "split": "train", "limit": 400},
-        "pretrain": {
+    }
+    if train or not DEMO_GENERATOR.is_file():
+        config["pretrain"] = {
             "model": "tiny",
-            "vae_steps": 300,
-            "ldm_steps": 300,
+            "vae_steps": 4000,
+            "ldm_steps": 3000,
             "batch_size": 64,
             "lr": 1e-3,
             "device": "cpu",
-        },
+        }
+    else:
+        config["checkpoint"] = str(DEMO_GENERATOR)
+    return {
+        **config,
         "rl": {
-            "max_steps": 3,
+            "max_steps": 8,
             "group_size": 8,
             "num_conditions": 2,
             "lr": 1e-4,
             "device": "cpu",
             "val_size": 32,
             "sampling_steps": 20,
-            "checkpoint_every": 2,
+            "checkpoint_every": 4,
+            "energy_batch_size": 4,
         },
         "sample": {
             "n": 200,
@@ -597,8 +617,8 @@ def demo_config(campaign_id: str = "demo", seed: int = 0) -> dict[str, Any]:
             "device": "cpu",
             "sample_base": True,
         },
-        "hull": {"kind": "mlip", "mlip": "chgnet", "device": "cpu"},
-        "screen": {"mlip": "chgnet", "device": "cpu", "k": 5},
+        "hull": {"kind": "mlip", "mlip": "chgnet", "device": "cpu", "batch_size": 4},
+        "screen": {"mlip": "chgnet", "device": "cpu", "k": 5, "batch_size": 4},
         "dft": {"k": 3},
         "report": {},
     }

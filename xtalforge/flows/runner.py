@@ -43,6 +43,7 @@ from typing import Any
 
 from jobflow import Flow, Job, JobStore, run_locally
 
+from xtalforge.stores import runlock
 from xtalforge.stores.documents import now
 from xtalforge.stores.jobgraph import (  # noqa: F401 - re-exported for callers of runner
     REPLACED_KEY,
@@ -57,6 +58,7 @@ from xtalforge.stores.provenance import (
     new_campaign_record,
     upsert_campaign,
 )
+from xtalforge.stores.runlock import CampaignLocked, RunLock  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -225,8 +227,15 @@ def run_campaign(
     seeds: dict[str, int] | None = None,
     root_dir: str | os.PathLike | None = None,
     force_config: bool = False,
+    lock_ttl_s: float | None = None,
+    heartbeat_s: float | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a campaign and record its provenance.
+
+    One run per campaign id at a time: the run holds the campaign's lease
+    (:class:`xtalforge.stores.runlock.RunLock`) from before it reads the campaign record until
+    it returns; a second run meanwhile raises :class:`~xtalforge.stores.runlock.CampaignLocked`
+    naming the holder. A lease whose holder died (killed) is taken over.
 
     Parameters
     ----------
@@ -250,6 +259,10 @@ def run_campaign(
     force_config
         Resume the stored flow even though the configuration changed and jobs have finished:
         the stored configuration and flow are used, the changes are not applied.
+    lock_ttl_s, heartbeat_s
+        The run lease's time to live (a holder on another host without a heartbeat for this
+        long is dead) and heartbeat period; defaults ``runlock.TTL_S`` and
+        ``runlock.HEARTBEAT_S``.
 
     Returns
     -------
@@ -260,6 +273,43 @@ def run_campaign(
     """
     config = dict(config or {})
     store.connect()
+    lock = RunLock(
+        store,
+        campaign_id,
+        ttl_s=runlock.TTL_S if lock_ttl_s is None else lock_ttl_s,
+        heartbeat_s=runlock.HEARTBEAT_S if heartbeat_s is None else heartbeat_s,
+        command=_command_line(),
+    )
+    with lock:
+        return _run_locked(
+            flow_factory, campaign_id, store, config, seeds, root_dir, force_config, lock
+        )
+
+
+def _command_line() -> str | None:
+    """Return the ``xtalforge ...`` command of this process (for resume hints), else ``None``."""
+    import shlex
+
+    argv = list(sys.argv)
+    if not argv:
+        return None
+    p = Path(argv[0])
+    if p.name != "xtalforge" and not (p.name == "__main__.py" and p.parent.name == "xtalforge"):
+        return None  # a script or a test calling run_campaign
+    return " ".join(["xtalforge", *(shlex.quote(a) for a in argv[1:])])
+
+
+def _run_locked(
+    flow_factory,
+    campaign_id: str,
+    store: JobStore,
+    config: dict[str, Any],
+    seeds: dict[str, int] | None,
+    root_dir: str | os.PathLike | None,
+    force_config: bool,
+    lock: RunLock,
+) -> dict[str, Any]:
+    """Run the body of :func:`run_campaign` while holding the campaign's lease."""
     record = get_campaign(store, campaign_id)
     replaced: dict[str, Any] | None = None
     if record is not None and record.get("flow"):
@@ -326,10 +376,18 @@ def run_campaign(
         "started_at": now(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "command": lock.command,
         "skipped": sorted(j.name for j in jobs if j.uuid in done),
     }
     if replaced is not None:
         run_entry["config_replaced"] = replaced
+    if lock.took_over is not None:
+        run_entry["took_over_lock_of"] = {
+            k: lock.took_over.get(k) for k in ("host", "pid", "acquired_at", "heartbeat_at")
+        }
+    prev = (record.get("runs") or [None])[-1]
+    if prev is not None and "finished_at" not in prev:  # that run's process died
+        prev["interrupted"] = "the process stopped without finishing (killed?)"
     logger.info(
         "campaign %s: %d jobs, %d already finished, %d to run",
         campaign_id,

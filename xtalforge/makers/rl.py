@@ -124,6 +124,9 @@ class RLFineTuneMaker(Maker):
         Reference rows kept for the diversity MMD.
     surrogates
         Property surrogates by name (path or checkpoint reference), merged with the job input.
+    energy_batch_size
+        Structures per MLIP forward pass in the stability reward (CHGNet with forces needs
+        about 1 GB per 8 generated structures on a CPU).
     checkpoint_every
         Intermediate checkpoint period (steps) for resuming.
     n_jobs
@@ -143,6 +146,7 @@ class RLFineTuneMaker(Maker):
     val_size: int = 256
     max_reference_embeddings: int = 20000
     surrogates: dict[str, Any] = field(default_factory=dict)
+    energy_batch_size: int = 64
     checkpoint_every: int = 10
     n_jobs: int = 1
     device: str = "auto"
@@ -177,7 +181,8 @@ def _build_resources(maker: RLFineTuneMaker, ctx: JobContext, generator, reward,
     if not ref_structs:
         raise ValueError(f"campaign {ctx.campaign_id!r} has no valid dataset documents "
                          f"(split {maker.reference_split!r}) to use as reference")
-    res = RewardResources(n_jobs=maker.n_jobs, device=device, generator=generator)
+    res = RewardResources(n_jobs=maker.n_jobs, device=device, generator=generator,
+                          energy_batch_size=maker.energy_batch_size)
     ids = [d.get("structure_id", str(i)) for i, d in enumerate(ref_docs)]
     if need & {"unique", "novel", "min_amd_distance", "e_above_hull", "energy_per_atom"}:
         res.reference = ReferenceSet(ref_structs, ids)
@@ -280,6 +285,7 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
     """
     import torch
 
+    from xtalforge.models.checkpoint import load_checkpoint_file
     from xtalforge.models.generator import LatentDiffusionGenerator
     from xtalforge.rewards.registry import build_reward
     from xtalforge.rl.grpo import GRPOTrainer
@@ -295,9 +301,7 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
         ppath, _ = resolve_checkpoint(progress["policy"], ctx.blobs)
         policy = LatentDiffusionGenerator.load(ppath, map_location=device)
         spath, _ = resolve_checkpoint(progress["trainer_state"], ctx.blobs)
-        state = torch.load(spath, map_location=device, weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{spath}: not an RL trainer state")
+        state = load_checkpoint_file(spath, STATE_FORMAT, "xtalforge RL trainer state", device)
         resumed_from = int(progress["step"])
         logger.info("resuming RL job %s from step %d", ctx.job_uuid, resumed_from)
     else:

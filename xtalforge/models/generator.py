@@ -523,9 +523,10 @@ class LatentDiffusionGenerator(nn.Module):
         cls, path: str | Path, map_location: str | torch.device = "cpu"
     ) -> LatentDiffusionGenerator:
         """Load a checkpoint written by :meth:`save` (``weights_only=True``, no network)."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint")
+        from xtalforge.models.checkpoint import load_checkpoint_file
+
+        ckpt = load_checkpoint_file(path, CHECKPOINT_FORMAT, "xtalforge generator checkpoint",
+                                    map_location)
         model = cls(GeneratorConfig.from_dict(ckpt["config"]))
         model.vae.load_state_dict(ckpt["vae"])
         if ckpt.get("inference_only", False):

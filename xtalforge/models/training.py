@@ -174,15 +174,12 @@ def load_train_state(path: str | Path | None) -> dict | None:
     """
     if path is None or not Path(path).is_file():
         return None
+    from xtalforge.models.checkpoint import CheckpointError, load_checkpoint_file
+
     try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise TrainStateError(
-            f"not an xtalforge training state: {path} ({type(exc).__name__})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise TrainStateError(f"not an xtalforge training state: {path}")
-    return state
+        return load_checkpoint_file(path, STATE_FORMAT, "xtalforge training state")
+    except CheckpointError as exc:
+        raise TrainStateError(str(exc)) from None
 
 
 def _save_train_state(path: Path, state: dict) -> None:

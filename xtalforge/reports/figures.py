@@ -344,9 +344,12 @@ def spacegroup_bar_plot(
     sun_col: str = "mSUN (%)",
     group_col: str = "Group",
     top: int = 20,
-    title: str = "Stable and S.U.N. fractions per space group",
+    title: str | None = None,
 ) -> Path:
-    """Bars per space group: stable fraction (light) with the S.U.N. subset (dark) inside.
+    """Bars per space group: ``stable_col`` fraction (light) with ``sun_col`` (dark) inside.
+
+    The title names the two columns shown (default: "Metastable and mSUN fractions per space
+    group"), as the legend does.
 
     ``table`` is the DataFrame of :func:`xtalforge.reports.tables.sun_per_spacegroup_table`
     (one bar per model when it has a ``Group`` column). The ``top`` most populated space groups
@@ -381,7 +384,8 @@ def spacegroup_bar_plot(
                        rotation=0 if len(sgs) <= 10 else 60)
     ax.set_ylabel("% of generated structures in the space group")
     ax.set_xlabel("space group")
-    ax.set_title(title)
+    ax.set_title(title or f"{stable_col.replace(' (%)', '')} and {sun_col.replace(' (%)', '')} "
+                 "fractions per space group")
     ax.set_ylim(0, 125)
     ax.set_yticks(range(0, 101, 20))
     ax.legend(fontsize=7, ncol=max(1, len(groups)), loc="upper center")
@@ -405,6 +409,26 @@ def _curves_frame(curves: Mapping[str, Sequence[float]] | pd.DataFrame | Sequenc
     return df
 
 
+#: The panels of the default RL-curve figure: (title, y label, [(column or prefix, label)]).
+#: A column ending in "/" stands for every column with that prefix (the reward components).
+RL_PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("Reward", "mean reward of the rollouts", (("reward_total", "total"), ("reward/", ""))),
+    ("KL to the reference policy", "KL", (("kl", "KL"),)),
+    ("Discovery rate", "% of rollouts", (("frac_metastable", "metastable"),
+                                         ("frac_msun", "mSUN"),
+                                         ("eval/frac_metastable", "metastable (eval)"),
+                                         ("eval/frac_msun", "mSUN (eval)"))),
+    ("Energy above hull", "mean E_hull (eV/atom)", (("mean_e_above_hull", "rollouts"),
+                                                    ("eval/mean_e_above_hull", "eval"))),
+)
+
+
+def _clean(y: pd.Series) -> pd.Series:
+    """Numeric values with floating-point noise (|y| < 1e-9, e.g. a normalised mean) set to 0."""
+    y = pd.to_numeric(y, errors="coerce").astype(float)
+    return y.mask(y.abs() < 1e-9, 0.0)
+
+
 def plot_training_curves(
     curves: Mapping[str, Sequence[float]] | pd.DataFrame | Sequence[Mapping[str, Any]],
     path: str | Path,
@@ -412,7 +436,12 @@ def plot_training_curves(
     metrics: Sequence[str] | None = None,
     ncols: int | None = None,
 ) -> Path:
-    """One panel per metric against the step (reward components, KL, advantage variance ...).
+    """RL fine-tuning curves against the step, on one readable page.
+
+    By default four panels (:data:`RL_PANELS`): the total reward with each reward component,
+    the KL divergence to the reference policy, the metastable and mSUN fractions of the
+    rollouts (and of the evaluation samples when stored), and the mean energy above the hull.
+    Timings, counters and optimiser diagnostics stay in the stored curves.
 
     Parameters
     ----------
@@ -423,33 +452,55 @@ def plot_training_curves(
     title : str
         Figure title.
     metrics : sequence of str, optional
-        Columns to plot (default: every numeric column but ``step``).
+        Plot these columns instead, one panel each.
     ncols : int, optional
-        Panels per row (default 3, or 4 above nine metrics).
+        Panels per row (default 2 for the default panels, else 3, or 4 above nine metrics).
     """
     df = _curves_frame(curves)
-    cols = list(metrics) if metrics else [
-        c for c in df.columns if c != "step" and pd.api.types.is_numeric_dtype(df[c])]
-    n = max(1, len(cols))
+    panels: list[tuple[str, str, list[tuple[str, str]]]] = []
+    if metrics:
+        panels = [(c, c, [(c, c)]) for c in metrics if c in df.columns]
+    else:
+        for ptitle, ylabel, specs in RL_PANELS:
+            lines: list[tuple[str, str]] = []
+            for col, label in specs:
+                if col.endswith("/"):
+                    lines += [(c, c[len(col):]) for c in df.columns if c.startswith(col)]
+                elif col in df.columns:
+                    lines.append((col, label))
+            lines = [(c, lab) for c, lab in lines if _clean(df[c]).notna().any()]
+            if lines:
+                panels.append((ptitle, ylabel, lines))
+        if not panels:  # curves of another trainer: one panel per numeric column
+            metrics = [c for c in df.columns
+                       if c != "step" and pd.api.types.is_numeric_dtype(df[c])]
+            panels = [(c, c, [(c, c)]) for c in metrics]
+    n = max(1, len(panels))
     if ncols is None:
-        ncols = 3 if n <= 9 else 4
+        ncols = 2 if not metrics else (3 if n <= 9 else 4)
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig = _new((3.6 * ncols, 2.6 * nrows + 0.4))
+    fig = _new((4.2 * ncols, 3.0 * nrows + 0.5))
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    for i, c in enumerate(cols):
+    for i, (ptitle, ylabel, lines) in enumerate(panels):
         ax = axes[i // ncols][i % ncols]
-        y = pd.to_numeric(df[c], errors="coerce")
-        ax.plot(df["step"], y, lw=1.0, color="tab:blue")
-        if len(y) >= 20:  # moving average for noisy curves
-            ax.plot(df["step"], y.rolling(max(2, len(y) // 20), min_periods=1).mean(),
-                    lw=1.6, color="tab:orange", label="moving avg")
-        ax.set_title(c, fontsize=9)
-        ax.set_xlabel("step")
+        pct = ylabel.startswith("%")
+        for col, label in lines:
+            y = _clean(df[col]) * (100.0 if pct else 1.0)
+            style = "--" if col.startswith("eval/") else "-"
+            mask = y.notna()
+            ax.plot(df["step"][mask], y[mask], style, lw=1.4, marker="o" if len(y) <= 30
+                    else None, ms=3, label=label)
+        ax.set_title(ptitle, fontsize=10)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
-    for j in range(len(cols), nrows * ncols):
+        if len(lines) > 1:
+            ax.legend(fontsize=7)
+    for j in range(len(panels), nrows * ncols):
         axes[j // ncols][j % ncols].axis("off")
-    if not cols:
+    if not panels:
         axes[0][0].text(0.5, 0.5, "no curves", ha="center", va="center")
     fig.suptitle(title)
     return _save(fig, path)

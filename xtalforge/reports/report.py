@@ -34,6 +34,14 @@ __all__ = ["build_report", "build_report_with_values"]
 NOT_RUN = "_not run_"
 
 
+def _protocol(samples: pd.DataFrame) -> str:
+    """Return a figure caption's protocol: energies, sampler, seed, hull and MLIP, papers."""
+    if samples.empty:
+        return ""
+    return " ".join(f"{ln}." if not ln.endswith(".") else ln
+                    for ln in T.describe_conventions(samples, dft_hull_col=None))
+
+
 def _has(df: pd.DataFrame, col: str) -> bool:
     return col in df.columns and df[col].notna().any()
 
@@ -146,7 +154,7 @@ def build_report_with_values(
             rep.figure(F.ehull_histogram(samples, rep.fig_dir / "e_hull_hist.png",
                                          group_by=group_by),
                        "MLIP energy above hull of the generated structures, per model; "
-                       "dashed lines at 0 and 0.1 eV/atom.")
+                       "dashed lines at 0 and 0.1 eV/atom. " + _protocol(samples))
         counts_el = F.element_counts(samples)
         if counts_el:
             n_with = int(samples["elements"].map(lambda e: isinstance(e, list) and
@@ -212,7 +220,8 @@ def build_report_with_values(
         if len(t.data) and (t.data["Symbol"] != "unknown").any():
             rep.figure(F.spacegroup_bar_plot(t.data, rep.fig_dir / "sun_per_spacegroup.png"),
                        "Metastable (light) and mSUN (dark) fractions of the generated "
-                       "structures per space group (the 20 most populated).")
+                       "structures per space group (the 20 most populated). "
+                       + _protocol(samples))
 
     # ------------------------------------------------------------------ RL curves
     def curves() -> None:
@@ -223,7 +232,11 @@ def build_report_with_values(
             return
         rep.values["rl_steps"] = len(c)
         rep.figure(F.plot_training_curves(c, rep.fig_dir / "rl_training_curves.png"),
-                   f"RL fine-tuning curves ({len(c)} steps).")
+                   f"RL fine-tuning curves ({len(c)} steps): mean reward of the rollouts and "
+                   "its components, KL divergence to the reference policy, metastable and "
+                   "mSUN rates and mean MLIP energy above hull of the rollouts (and of the "
+                   "evaluation samples when stored); GRPO fine-tuning of the latent diffusion "
+                   "generator as in Park & Walsh 2025.")
 
     rep.section("De novo generation benchmark", denovo)
     rep.section("MLIP versus DFT energy above hull", mlip_vs_dft)

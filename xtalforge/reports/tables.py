@@ -304,6 +304,32 @@ def _distinct(values: Iterable[Any], fmt: Callable[[Any], str]) -> list[str]:
     return list(out)
 
 
+def describe_protocol(df: pd.DataFrame) -> str | None:
+    """One footnote line: single point or relaxed energies, sampler settings and seeds, N.
+
+    Read from the rows (``relaxed`` of the screening documents, ``lineage.sampler`` of the
+    samples); ``None`` when the rows carry neither. Metric definitions follow Park & Walsh 2025
+    (S.U.N., mSUN with ``E_hull < 0.1`` eV/atom) and Cao & Wang 2025 (S.U.N. as ``E_hull < 0.1``).
+    """
+    parts: list[str] = []
+    if "relaxed" in df.columns:
+        kinds = sorted({"relaxed" if bool(v) else "single point"
+                        for v in df["relaxed"] if v is not None and v == v})
+        if kinds:
+            parts.append("MLIP energies: " + " and ".join(kinds)
+                         + (" (MIXED)" if len(kinds) > 1 else ""))
+    if "lineage.sampler" in df.columns:
+        samplers = _distinct(df["lineage.sampler"], lambda s: (
+            f"DDIM {s.get('steps')} steps, eta={s.get('eta')}, seed={s.get('seed')}"
+            if isinstance(s, Mapping) else str(s)))
+        if samplers:
+            parts.append("sampling: " + "; ".join(samplers))
+    if not parts:
+        return None
+    return ("Protocol: " + "; ".join(parts) + ". Metrics as defined by "
+            "Park & Walsh 2025 (Chemeleon2; mSUN) and Cao & Wang 2025 (CrystalFormer-RL).")
+
+
 def describe_conventions(
     df: pd.DataFrame,
     hull_col: str = "hull_convention",
@@ -331,6 +357,9 @@ def describe_conventions(
     if not mlips and "energy_model" in df.columns:
         mlips = _distinct(df["energy_model"], _summarise_mlip)
     lines = []
+    protocol = describe_protocol(df)
+    if protocol:
+        lines.append(protocol)
     lines.append("Hull convention: " + ("; ".join(hulls) if hulls else "not recorded")
                  + (" (MIXED conventions)" if len(hulls) > 1 else ""))
     lines.append("MLIP: " + ("; ".join(mlips) if mlips else "not recorded")

@@ -47,7 +47,7 @@ Normalisation and failures
 ``RewardComponent.compute`` returns raw values with NaN for structures it cannot score. NaN is
 replaced by the component's documented ``failure_value`` (a number, or ``"min"``: the lowest
 finite value of the batch, 0 when none). The filled values are then min-max scaled to [0, 1]
-(``normalize="minmax"``, the seed paper's choice; ``"std"`` z-scores; ``None`` keeps raw
+(``normalize="minmax"``, the choice of Park & Walsh 2025; ``"std"`` z-scores; ``None`` keeps raw
 values) over the whole batch of rollouts (``normalize_scope="batch"``, the default: Chemeleon2's
 released code scales each component over all C x G rollouts of a step, and only the *total*
 reward is standardised per group, in the GRPO advantage) or within each group of rollouts that

@@ -136,9 +136,10 @@ class PropertySurrogate(nn.Module):
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu"
              ) -> PropertySurrogate:
         """Load a checkpoint written by :meth:`save`."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        if ckpt.get("format") != SURROGATE_FORMAT:
-            raise ValueError(f"{path}: not a {SURROGATE_FORMAT} checkpoint")
+        from xtalforge.models.checkpoint import load_checkpoint_file
+
+        ckpt = load_checkpoint_file(path, SURROGATE_FORMAT, "xtalforge surrogate checkpoint",
+                                    map_location)
         model = cls(**ckpt["hparams"])
         model.load_state_dict(ckpt["state"])
         model.metadata = dict(ckpt.get("metadata") or {})

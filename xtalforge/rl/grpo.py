@@ -37,7 +37,7 @@ One training step
 Reference policy (``reference``)
 --------------------------------
 ``"pretrained"``
-    A frozen copy of the starting denoiser (the seed paper's text: "the pretrained denoiser").
+    A frozen copy of the starting denoiser (Park & Walsh 2025: "the pretrained denoiser").
 ``"rollout"``
     The policy that sampled the batch (``logp_ref = logp_old``; what Chemeleon2's code does): the
     KL term is then a trust-region penalty, 0 on the first inner batch.

@@ -311,7 +311,9 @@ class ReferenceHull:
             e_pa = [r.energy_per_atom for r in rr]
             errors = [r.error for r in rr]
         else:
-            res = energy_model.predict(structures, batch_size=batch_size, progress=progress)
+            # energies only: no forces, so no autograd graph over a whole batch (memory)
+            res = energy_model.predict(structures, batch_size=batch_size, compute_forces=False,
+                                       progress=progress)
             e_pa = [r.energy_per_atom for r in res]
             errors = [r.error for r in res]
         ok = [i for i, err in enumerate(errors) if err is None and np.isfinite(e_pa[i])]

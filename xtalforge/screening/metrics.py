@@ -30,7 +30,7 @@ Speed (results identical to the plain pymatgen calls)
     processes.
 Stability
     ``stable``: ``e_above_hull <= 0`` (+ ``tol`` = 1e-8 eV/atom of numerical noise);
-    ``metastable``: ``e_above_hull < 0.1`` eV/atom, *strict*, as the seed paper writes it
+    ``metastable``: ``e_above_hull < 0.1`` eV/atom, *strict*, as Park & Walsh 2025 write it
     (Chemeleon2's code uses ``<= 0.1``: pass ``metastable_inclusive=True``).
     ``SUN = stable & unique & novel``; ``mSUN = metastable & unique & novel``.
 Structural validity
@@ -647,27 +647,31 @@ def creativity_reward(unique: Sequence[bool], novel: Sequence[bool],
 def frechet_distance(x_gen: np.ndarray, x_ref: np.ndarray, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to two embedding sets (FMD).
 
-    ``||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))`` with ``scipy.linalg.sqrtm``;
-    ``eps`` is added to the diagonals when the product is singular.
+    ``||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))``. The trace of the matrix square
+    root is computed from the symmetric form: ``Tr((S_g S_r)^(1/2))`` is the sum of the square
+    roots of the eigenvalues of ``S_g^(1/2) S_r S_g^(1/2)`` (positive semi-definite, so
+    ``numpy.linalg.eigh`` is exact and cannot fail the way ``scipy.linalg.sqrtm`` of the
+    non-symmetric product can on nearly singular covariances). ``eps`` is kept for callers.
+    Rows with a non-finite value (structures that could not be embedded: failed decodes give
+    NaN rows) are left out; fewer than 2 finite rows in a set is a ``ValueError``.
     """
-    from scipy import linalg
-
     x_gen = np.asarray(x_gen, dtype=np.float64)
     x_ref = np.asarray(x_ref, dtype=np.float64)
     if x_gen.ndim != 2 or x_ref.ndim != 2 or x_gen.shape[1] != x_ref.shape[1]:
         raise ValueError("embeddings must be 2-D arrays with the same feature dimension")
+    x_gen = x_gen[np.isfinite(x_gen).all(axis=1)]
+    x_ref = x_ref[np.isfinite(x_ref).all(axis=1)]
     if len(x_gen) < 2 or len(x_ref) < 2:
-        raise ValueError("need at least 2 embeddings per set")
+        raise ValueError("need at least 2 finite embeddings per set")
     mu1, mu2 = x_gen.mean(0), x_ref.mean(0)
     s1 = np.atleast_2d(np.cov(x_gen, rowvar=False))
     s2 = np.atleast_2d(np.cov(x_ref, rowvar=False))
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.all(np.isfinite(covmean)):
-        off = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + off) @ (s2 + off))
-    covmean = np.real(covmean)
+    w1, v1 = np.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T
+    m = root1 @ s2 @ root1
+    tr_covmean = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum())
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
 def coverage(x_gen: np.ndarray, x_ref: np.ndarray) -> float:
@@ -707,7 +711,7 @@ def element_category_stats(compositions: Sequence[Any]) -> dict[str, float]:
 
     Returns ``frac_with_<category>`` (fraction of the *given, non-None* items containing at
     least one element of the category) and ``share_<category>`` (share of the category among
-    all (item, distinct element) occurrences: the seed paper's pie-chart proportions).
+    all (item, distinct element) occurrences: the pie-chart proportions of Park & Walsh 2025).
     """
     present = [getattr(c, "composition", c) for c in compositions if c is not None]
     n = len(present)
@@ -830,7 +834,7 @@ def compute_metrics(
         Also compute min same-formula AMD distances and the creativity reward (needs the
         ``average-minimum-distance`` package).
     amd_k : int
-        AMD neighbours (100 in the seed paper).
+        AMD neighbours (100 in Park & Walsh 2025).
     n_jobs : int
         Worker processes (-1: all cores).
     matcher_kwargs : dict, optional
@@ -891,9 +895,14 @@ def compute_metrics(
     summary["n_failed_input"] = int(sum(s is None for s in structures))
     summary.update(element_category_stats([s for s in structures if s is not None]))
     if embeddings is not None and reference_embeddings is not None:
-        fmd = frechet_distance(embeddings, reference_embeddings)
-        summary["fmd"] = fmd
-        summary["coverage"] = 1.0 / (1.0 + max(fmd, 0.0))
+        try:  # coverage is a summary statistic: its failure must not lose the screening
+            fmd = frechet_distance(embeddings, reference_embeddings)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            summary["coverage_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            summary["fmd"] = fmd
+            summary["coverage"] = 1.0 / (1.0 + max(fmd, 0.0))
+            summary["n_embedded"] = int(np.isfinite(np.asarray(embeddings, float)).all(1).sum())
     summary["settings"] = {
         "matcher_kwargs": kw,
         "smact_oxidation_states_set": smact_oxidation_states_set,

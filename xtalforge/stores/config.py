@@ -19,7 +19,9 @@ variable ``XTALFORGE_STORE``, then the embedded default.
 ``"mongodb://..."`` or ``"mongodb+srv://..."``
     :class:`~maggma.stores.MongoStore` collections built from the URI (``MongoStore.from_uri``,
     maggma's successor of ``MongoURIStore``) in the URI's database (``xtalforge`` when the URI
-    names none); blobs and data in GridFS (``GridFSStore.from_uri``).
+    names none); blobs and data in GridFS (``GridFSStore.from_uri``). An unreachable server is
+    an error after ``$XTALFORGE_MONGO_TIMEOUT_S`` seconds (default 5; a
+    ``serverSelectionTimeoutMS`` option in the URI wins).
 ``"/path/to/store.yaml"`` (or ``.yml`` / ``.json``)
     a jobflow JobStore specification (``{docs_store: {type: MongoStore, ...}, additional_stores:
     {...}}``, the format of jobflow's ``JOB_STORE`` setting; S3 blob stores included), or the
@@ -43,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 #: Environment variable holding the store setting.
 STORE_ENV = "XTALFORGE_STORE"
+#: Environment variable: seconds to wait for an unreachable MongoDB server.
+MONGO_TIMEOUT_ENV = "XTALFORGE_MONGO_TIMEOUT_S"
+#: Default of ``$XTALFORGE_MONGO_TIMEOUT_S``.
+MONGO_TIMEOUT_S = 5.0
 #: Additional stores every xtalforge JobStore must have.
 REQUIRED_ADDITIONAL_STORES = ("data", "blobs", "structures", "campaigns")
 #: Collection names used for the embedded and MongoDB stores.
@@ -135,16 +141,39 @@ def _embedded_store(path: Path) -> JobStore:
     )
 
 
+def mongo_timeout_ms(uri: str) -> int | None:
+    """Return the server-selection timeout (ms) for a MongoDB URI, or ``None`` if it sets one.
+
+    pymongo waits 30 s for an unreachable server, on every collection. xtalforge waits
+    ``$XTALFORGE_MONGO_TIMEOUT_S`` seconds (default :data:`MONGO_TIMEOUT_S`) unless the URI
+    gives ``serverSelectionTimeoutMS`` itself.
+    """
+    if "serverselectiontimeoutms" in uri.lower():
+        return None
+    text = os.environ.get(MONGO_TIMEOUT_ENV, "").strip()
+    try:
+        seconds = float(text) if text else MONGO_TIMEOUT_S
+    except ValueError:
+        raise StoreConfigError(
+            f"${MONGO_TIMEOUT_ENV} must be a number of seconds, got {text!r}"
+        ) from None
+    return max(1, int(seconds * 1000))
+
+
 def _mongo_store(uri: str, database: str | None = None) -> JobStore:
     from maggma.stores.gridfs import GridFSStore
 
     db = database or (urlparse(uri).path.lstrip("/").split("?")[0] or "xtalforge")
+    ms = mongo_timeout_ms(uri)
+    client_kwargs = {} if ms is None else {"serverSelectionTimeoutMS": ms}
 
     def coll(name: str) -> MongoStore:
-        return MongoStore.from_uri(uri, COLLECTIONS[name], database=db)
+        return MongoStore.from_uri(uri, COLLECTIONS[name], database=db,
+                                   mongoclient_kwargs=dict(client_kwargs))
 
     def gridfs(name: str):
-        return GridFSStore.from_uri(uri, COLLECTIONS[name], database=db, compression=True)
+        return GridFSStore.from_uri(uri, COLLECTIONS[name], database=db, compression=True,
+                                    mongoclient_kwargs=dict(client_kwargs))
 
     return JobStore(
         coll("docs"),

@@ -128,7 +128,8 @@ def list_campaigns(store: JobStore) -> list[dict[str, Any]]:
     """Return the records of every campaign in the store (without their flow graphs)."""
     campaigns = additional(store, "campaigns")
     out = []
-    for d in campaigns.query({}, properties=None):
+    # lease documents of running campaigns (stores.runlock) have no campaign_id
+    for d in campaigns.query({"campaign_id": {"$exists": True}}, properties=None):
         d.pop("_id", None)
         d.pop("flow", None)
         out.append(d)
