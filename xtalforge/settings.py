@@ -68,6 +68,14 @@ class XtalforgeSettings(BaseSettings):
     DEBUG: bool = Field(
         False, description="Show full tracebacks instead of one-line CLI errors."
     )
+    MONGO_TIMEOUT_S: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Seconds to wait for an unreachable MongoDB server before a one-line error "
+            "(pymongo's serverSelectionTimeoutMS; a URI that sets that option wins)."
+        ),
+    )
 
     @field_validator("HOME", "MP_START", mode="before")
     @classmethod

@@ -150,12 +150,18 @@ def mongo_timeout_ms(uri: str) -> int | None:
     """
     if "serverselectiontimeoutms" in uri.lower():
         return None
-    text = os.environ.get(MONGO_TIMEOUT_ENV, "").strip()
+    from pydantic import ValidationError
+
+    from xtalforge.settings import get_settings
+
     try:
-        seconds = float(text) if text else MONGO_TIMEOUT_S
-    except ValueError:
+        seconds = get_settings().MONGO_TIMEOUT_S
+    except ValidationError as exc:
+        bad = [e.get("input") for e in exc.errors() if e.get("loc") == ("MONGO_TIMEOUT_S",)]
+        if not bad:
+            raise
         raise StoreConfigError(
-            f"${MONGO_TIMEOUT_ENV} must be a number of seconds, got {text!r}"
+            f"${MONGO_TIMEOUT_ENV} must be a number of seconds, got {bad[0]!r}"
         ) from None
     return max(1, int(seconds * 1000))
 
