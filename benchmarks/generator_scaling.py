@@ -282,10 +282,11 @@ def cmd_plot(args) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for r in sorted(ldm, key=lambda r: r["tag"]):
         st, loss = zip(*[(s, v) for s, v in r["loss_curve"] if s >= 100], strict=True)
-        axes[0].plot(st, loss, label=f"{r['tag']}: DiT {r['dit']} "
-                     f"({r['denoiser_params'] / 1e6:.0f}M), {r['data']} data, "
-                     f"{r['steps']} steps in {r['wall_time_s'] / 60:.1f} min")
+        axes[0].plot(st, loss, lw=1, label=f"{r['tag']}: {r['dit']} "
+                     f"({r['denoiser_params'] / 1e6:.0f}M), {r['data']}, "
+                     f"{r['steps']} steps / {r['wall_time_s'] / 60:.0f} min")
     axes[0].set_ylabel("LDM training loss (ε-MSE, 100-step means)")
+    axes[0].set_ylim(0.12, 0.30)  # the first few hundred steps (loss 0.6-0.8) would hide the rest
     for tag, rs in sorted(runs.items()):
         rs.sort(key=lambda r: r["step"])
         steps = [r["step"] for r in rs]
@@ -299,7 +300,7 @@ def cmd_plot(args) -> None:
         ax.set_xlabel("LDM optimiser steps (batch 512)")
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6.5, loc="upper right" if ax is axes[0] else "best")
     axes[1].set_ylim(0, 36)
     axes[2].set_ylim(bottom=0)
     axes[1].axhline(32.8, ls="--", c="grey", lw=1)
