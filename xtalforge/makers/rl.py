@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Maker
 
 from xtalforge.device import resolve_device
-from xtalforge.makers.base import JobContext, job_context, stage_job
-from xtalforge.makers.generator import dataset_structures, load_generator
+from xtalforge.makers.base import JobContext, dataset_structures, job_context, stage_job
+from xtalforge.makers.sample import load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.config import additional
 from xtalforge.stores.documents import clean_floats, now

@@ -31,8 +31,8 @@ from typing import Any
 from jobflow import Maker
 
 from xtalforge.device import resolve_device
-from xtalforge.makers.base import JobContext, job_context, stage_job
-from xtalforge.makers.generator import dataset_structures, load_generator
+from xtalforge.makers.base import JobContext, dataset_structures, job_context, stage_job
+from xtalforge.makers.sample import load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.documents import bulk_upsert, find, make_result_doc
 from xtalforge.stores.provenance import fingerprint_json

@@ -26,16 +26,15 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Maker, Response
 
 from xtalforge.device import resolve_device
-from xtalforge.makers.base import JobContext, job_context, stage_job
-from xtalforge.makers.generator import (
+from xtalforge.makers.base import JobContext, dataset_structures, job_context, stage_job
+from xtalforge.makers.pretrain import (
     continue_in_new_job,
-    dataset_structures,
-    load_generator,
     resume_info,
     store_checkpoint,
     train_config,
     train_stage,
 )
+from xtalforge.makers.sample import load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.config import additional
 from xtalforge.stores.documents import clean_floats, now
