@@ -41,6 +41,7 @@ from xtalforge.stores.artifacts import (
     training_state_id,
 )
 from xtalforge.stores.jobgraph import replaced_output
+from xtalforge.stores.schemas import TrainOutput, VAETrainOutput
 
 if TYPE_CHECKING:
     from xtalforge.models.training import TrainConfig
@@ -221,7 +222,7 @@ class VAETrainMaker(Maker):
     train: TrainConfig = field(default_factory=train_config)
     device: str = "auto"
 
-    @stage_job(resource="gpu", data="history")
+    @stage_job(resource="gpu", data="history", output_schema=VAETrainOutput)
     def make(self, dataset: Any = None) -> dict[str, Any] | Response:
         """Train; ``dataset`` (the ingest output) only orders the job after ingestion.
 
@@ -294,7 +295,7 @@ class LDMTrainMaker(Maker):
     train: TrainConfig = field(default_factory=train_config)
     device: str = "auto"
 
-    @stage_job(resource="gpu", data="history")
+    @stage_job(resource="gpu", data="history", output_schema=TrainOutput)
     def make(self, checkpoint: str | dict[str, Any]) -> dict[str, Any] | Response:
         """Train the LDM starting from ``checkpoint`` (reference or local path).
 

@@ -26,6 +26,7 @@ from xtalforge.stores.documents import (
     make_structure_doc,
     make_structure_id,
 )
+from xtalforge.stores.schemas import SampleOutput
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class SampleMaker(Maker):
     seed: int = 0
     label: str | None = None
 
-    @stage_job(resource="gpu")
+    @stage_job(resource="gpu", output_schema=SampleOutput)
     def make(self, checkpoint: str | dict[str, Any]) -> dict[str, Any]:
         """Sample and store; returns counts, throughput and the checkpoint reference."""
         from tqdm.auto import tqdm
