@@ -6,8 +6,9 @@ import pytest
 from jobflow import Flow, run_locally
 
 from xtalforge.flows.runner import run_campaign
-from xtalforge.makers.generator import LDMTrainMaker, PretrainMaker, SampleMaker, VAETrainMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
+from xtalforge.makers.pretrain import LDMTrainMaker, PretrainMaker, VAETrainMaker
+from xtalforge.makers.sample import SampleMaker
 from xtalforge.makers.screening import HullMaker, ScreenMaker
 from xtalforge.models.training import TrainConfig
 from xtalforge.stores.artifacts import resolve_checkpoint

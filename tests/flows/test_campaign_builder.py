@@ -20,10 +20,11 @@ from xtalforge.flows.campaign import (
     _field_types,
     maker_from_config,
 )
-from xtalforge.makers.generator import LDMTrainMaker, SampleMaker, VAETrainMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
+from xtalforge.makers.pretrain import LDMTrainMaker, VAETrainMaker
 from xtalforge.makers.report import ReportMaker
 from xtalforge.makers.rl import RLFineTuneMaker
+from xtalforge.makers.sample import SampleMaker
 from xtalforge.makers.screening import HullMaker, ScreenMaker
 from xtalforge.makers.wyckoff import PPOFineTuneMaker
 from xtalforge.models.training import TrainConfig

@@ -14,8 +14,8 @@ import torch
 from jobflow import Flow, run_locally
 
 from xtalforge.flows.campaign import maker_from_config
-from xtalforge.makers.generator import LDMTrainMaker, VAETrainMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
+from xtalforge.makers.pretrain import LDMTrainMaker, VAETrainMaker
 from xtalforge.models.generator import LatentDiffusionGenerator
 from xtalforge.models.training import TrainConfig, TrainStateError, load_train_state
 from xtalforge.stores.artifacts import (
@@ -135,7 +135,7 @@ class _Killed(RuntimeError):
 def test_rerun_of_a_killed_job_continues_from_the_stored_state(
     store, reference, monkeypatch, tmp_path
 ):
-    import xtalforge.makers.generator as gm
+    import xtalforge.makers.pretrain as gm
 
     job = _job(_maker(save_every_minutes=0.0))  # a state upload before every step
     flow = Flow([job])
@@ -211,7 +211,7 @@ def test_campaign_config_maps_onto_the_nested_train_config():
 def test_run_campaign_resumes_a_job_killed_in_its_third_run(store, reference, monkeypatch):
     """A replacement chain cut short is not taken for a finished job, and the rerun's
     shorter chain is not shadowed by stale outputs of the old one."""
-    import xtalforge.makers.generator as gm
+    import xtalforge.makers.pretrain as gm
     from xtalforge.flows.runner import run_campaign
 
     job = _job(_maker(max_run_steps=2, save_every_minutes=1e6))  # 3 runs of 2 steps

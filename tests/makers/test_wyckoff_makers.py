@@ -6,8 +6,8 @@ import pytest
 from jobflow import Flow
 
 from xtalforge.flows.runner import run_campaign
-from xtalforge.makers.generator import SampleMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
+from xtalforge.makers.sample import SampleMaker
 from xtalforge.makers.wyckoff import PPOFineTuneMaker, WyckoffPretrainMaker
 from xtalforge.models.training import TrainConfig
 from xtalforge.rl.ppo import PPOConfig

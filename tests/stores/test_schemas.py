@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 import pytest
 from jobflow import Flow
+from jobflow.core.reference import OutputReference
+from monty.json import MontyDecoder
 from pydantic import ValidationError
 from pymatgen.core import Lattice, Structure
 
 from xtalforge.flows.runner import run_campaign
-from xtalforge.makers.generator import LDMTrainMaker, PretrainMaker, SampleMaker, VAETrainMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
+from xtalforge.makers.pretrain import LDMTrainMaker, PretrainMaker, VAETrainMaker
+from xtalforge.makers.sample import SampleMaker
 from xtalforge.makers.screening import HullMaker, ScreenMaker
 from xtalforge.models.training import TrainConfig
+from xtalforge.reports.tables import iter_job_outputs, stored_coverage
 from xtalforge.stores.config import build_job_store
 from xtalforge.stores.documents import find, make_result_doc, make_structure_doc
 from xtalforge.stores.results import CampaignResults
@@ -19,9 +26,16 @@ from xtalforge.stores.schemas import (
     STAGE_MODELS,
     DatasetDoc,
     HullConvention,
+    HullOutput,
+    IngestOutput,
+    JobOutput,
     SampleDoc,
+    SampleOutput,
     ScreenDoc,
+    ScreenOutput,
     StageDoc,
+    TrainOutput,
+    VAETrainOutput,
     query_columns,
     validate_document,
 )
@@ -117,6 +131,93 @@ def test_a_document_that_breaks_its_schema_is_an_error():
 
 
 def test_every_field_is_described():
-    for model in {*STAGE_MODELS.values(), HullConvention}:
+    import xtalforge.stores.schemas as schemas
+
+    outputs = {m for m in vars(schemas).values()
+               if isinstance(m, type) and issubclass(m, JobOutput) and m is not JobOutput}
+    assert len(outputs) >= 12
+    for model in {*STAGE_MODELS.values(), HullConvention, *outputs}:
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name}"
+
+
+# ----------------------------------------------------------------------------- job outputs
+OUTPUT_MODELS = {
+    "ingest dataset": IngestOutput,
+    "train vae": VAETrainOutput,
+    "train ldm": TrainOutput,
+    "sample": SampleOutput,
+    "reference hull": HullOutput,
+    "screen": ScreenOutput,
+}
+
+
+def _job_docs(store) -> dict[str, dict]:
+    docs = store.query({"metadata.campaign_id": "schemas"}, load=True)
+    return {d["name"]: {k: v for k, v in d.items() if k != "_id"} for d in docs}
+
+
+def _plain(output: dict) -> dict:
+    """A stored output as the code before output schemas stored it: a plain dict."""
+    return {k: v for k, v in output.items() if not k.startswith("@")}
+
+
+def test_job_outputs_are_stored_as_their_schema(written):
+    docs = _job_docs(written)
+    assert set(docs) == set(OUTPUT_MODELS)
+    for name, d in docs.items():
+        out, model = d["output"], OUTPUT_MODELS[name]
+        assert (out["@module"], out["@class"]) == (model.__module__, model.__name__), name
+        m = MontyDecoder().process_decoded(out)
+        assert type(m) is model
+        # every key the job returned is declared, and no key was added by a default: the
+        # stored output keeps exactly the keys the job returned before it was typed
+        assert m.model_extra == {}, (name, sorted(m.model_extra))
+        assert m.model_fields_set == set(model.model_fields), name
+        assert _same(dict(m), _plain(out))
+
+
+def test_references_resolve_to_the_typed_outputs(written):
+    uuid = _job_docs(written)["sample"]["uuid"]
+    whole = OutputReference(uuid).resolve(written)
+    assert isinstance(whole, SampleOutput) and isinstance(whole, Mapping)
+    ckpt = OutputReference(uuid)["checkpoint"].resolve(written)  # index access, as flows do
+    assert ckpt == whole.checkpoint == whole["checkpoint"]
+    assert OutputReference(uuid).checkpoint.resolve(written) == ckpt  # attribute access
+    assert whole.get("job_uuid") == uuid and whole.get("nope", 1) == 1
+    with pytest.raises(KeyError):
+        whole["nope"]
+    # a reference to a key the schema does not name fails when the flow is built
+    with pytest.raises(AttributeError, match="nope"):
+        OutputReference(uuid, output_schema=SampleOutput)["nope"]
+
+
+def _same(a, b) -> bool:
+    """Equal, NaN included (screening summaries hold NaN metrics)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_outputs_stored_as_plain_dicts_read_the_same(written):
+    """A store written before the outputs were typed (plain dict outputs) reads the same."""
+    from xtalforge.stores.jobgraph import completed_uuids
+
+    typed = _job_docs(written)
+    old = build_job_store("memory")
+    old.connect()
+    old.docs_store.update([{**d, "output": _plain(d["output"])} for d in typed.values()],
+                          key=["uuid", "index"])
+    uuids = [d["uuid"] for d in typed.values()]
+    assert completed_uuids(old, uuids) == completed_uuids(written, uuids) == set(uuids)
+    for d in typed.values():
+        ref = OutputReference(d["uuid"])
+        old_out = ref.resolve(old)
+        assert type(old_out) is dict
+        assert _same(old_out, dict(ref.resolve(written)))
+        for key in old_out:
+            assert _same(ref[key].resolve(old), ref[key].resolve(written))
+    new_rows = {d["name"]: _plain(d["output"])
+                for d in iter_job_outputs(CampaignResults(written, "schemas"))}
+    old_rows = {d["name"]: d["output"] for d in iter_job_outputs(CampaignResults(old, "schemas"))}
+    assert _same(new_rows, old_rows)
+    cov = stored_coverage(CampaignResults(written, "schemas"))
+    assert cov and cov == stored_coverage(CampaignResults(old, "schemas"))

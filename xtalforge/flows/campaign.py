@@ -51,8 +51,9 @@ from typing import Any
 from jobflow import Flow, Maker
 
 from xtalforge.flows.families import generator_section, wyckoff_stages_from_config
-from xtalforge.makers.generator import LDMTrainMaker, PretrainMaker, SampleMaker, VAETrainMaker
 from xtalforge.makers.ingest import IngestDatasetMaker
+from xtalforge.makers.pretrain import LDMTrainMaker, PretrainMaker, VAETrainMaker
+from xtalforge.makers.sample import SampleMaker
 from xtalforge.makers.screening import HullMaker, ScreenMaker
 
 logger = logging.getLogger(__name__)

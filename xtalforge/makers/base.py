@@ -23,6 +23,7 @@ from jobflow import CURRENT_JOB, Flow, Job, JobConfig, JobStore, job
 from pydantic import BaseModel
 
 from xtalforge.stores.config import additional, campaign_store
+from xtalforge.stores.documents import find
 from xtalforge.stores.jobgraph import iter_jobs
 
 DEFAULT_CAMPAIGN = "default"
@@ -237,3 +238,19 @@ def job_context(store: JobStore | None = None, campaign_id: str | None = None) -
         campaign_id=campaign_id or metadata.get("campaign_id") or DEFAULT_CAMPAIGN,
         metadata=metadata,
     )
+
+
+def dataset_structures(ctx: JobContext, split: str | None = "train", limit: int | None = None):
+    """Return the valid structures of the campaign's ``dataset`` documents (optionally a split)."""
+    from pymatgen.core import Structure
+
+    crit: dict[str, Any] = {"campaign_id": ctx.campaign_id, "stage": "dataset", "valid": True}
+    if split:
+        crit["split"] = split
+    docs = find(
+        ctx.structures,
+        crit,
+        properties=["structure", "structure_id", "properties"],
+        limit=limit or 0,
+    )
+    return [Structure.from_dict(d["structure"]) for d in docs], docs

@@ -19,6 +19,7 @@ from xtalforge.stores.documents import (
     make_structure_doc,
     make_structure_id,
 )
+from xtalforge.stores.schemas import IngestOutput
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class IngestDatasetMaker(Maker):
     split: str = "train"
     chunk_size: int = 500
 
-    @stage_job(resource="cpu")
+    @stage_job(resource="cpu", output_schema=IngestOutput)
     def make(self) -> dict[str, Any]:
         """Load the dataset and write its documents; returns the load summary."""
         ctx = job_context()

@@ -10,6 +10,7 @@ from typing import Any
 from jobflow import Maker
 
 from xtalforge.makers.base import job_context, stage_job
+from xtalforge.stores.schemas import ReportOutput
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ReportMaker(Maker):
     near_hull_window: tuple[float, float] | None = None
     fom_top: int | None = 20
 
-    @stage_job(resource="cpu")
+    @stage_job(resource="cpu", output_schema=ReportOutput)
     def make(self, upstream: Any = None) -> dict[str, Any]:
         """Write the report of the running campaign and return its table values.
 

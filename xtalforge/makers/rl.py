@@ -33,6 +33,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,11 +41,12 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Maker
 
 from xtalforge.device import resolve_device
-from xtalforge.makers.base import JobContext, job_context, stage_job
-from xtalforge.makers.generator import dataset_structures, load_generator
+from xtalforge.makers.base import JobContext, dataset_structures, job_context, stage_job
+from xtalforge.makers.sample import load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.config import additional
 from xtalforge.stores.documents import clean_floats, now
+from xtalforge.stores.schemas import GRPOOutput, SurrogateOutput
 
 if TYPE_CHECKING:
     from xtalforge.rl.grpo import GRPOConfig
@@ -151,7 +153,7 @@ class RLFineTuneMaker(Maker):
     n_jobs: int = 1
     device: str = "auto"
 
-    @stage_job(resource="gpu", data="curves")
+    @stage_job(resource="gpu", data="curves", output_schema=GRPOOutput)
     def make(self, checkpoint: str | dict[str, Any],
              surrogates: dict[str, Any] | None = None,
              hull: str | dict[str, Any] | None = None) -> dict[str, Any]:
@@ -162,6 +164,8 @@ class RLFineTuneMaker(Maker):
         """
         import dataclasses
 
+        if isinstance(hull, Mapping):  # a HullMaker output (a HullOutput, or a dict)
+            hull = dict(hull)
         maker = dataclasses.replace(self, hull=hull) if hull is not None else self
         return run_rl_finetune(maker, job_context(), checkpoint, surrogates)
 
@@ -387,7 +391,7 @@ class SurrogateTrainMaker(Maker):
     seed: int = 0
     device: str = "auto"
 
-    @stage_job(resource="gpu", data="history")
+    @stage_job(resource="gpu", data="history", output_schema=SurrogateOutput)
     def make(self, checkpoint: str | dict[str, Any]) -> dict[str, Any]:
         """Train on ``checkpoint``'s VAE latents; returns the surrogate reference and history."""
         return run_surrogate_training(self, job_context(), checkpoint)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,20 +32,21 @@ from typing import Any
 from jobflow import Maker
 
 from xtalforge.device import resolve_device
-from xtalforge.makers.base import JobContext, job_context, stage_job
-from xtalforge.makers.generator import dataset_structures, load_generator
+from xtalforge.makers.base import JobContext, dataset_structures, job_context, stage_job
+from xtalforge.makers.sample import load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.documents import bulk_upsert, find, make_result_doc
 from xtalforge.stores.provenance import fingerprint_json
+from xtalforge.stores.schemas import HullOutput, ScreenOutput
 
 logger = logging.getLogger(__name__)
 
 
-def load_hull(hull: str | dict[str, Any], ctx: JobContext | None = None):
+def load_hull(hull: str | Mapping[str, Any], ctx: JobContext | None = None):
     """Load a :class:`~xtalforge.screening.hull.ReferenceHull` from a path or a HullMaker output."""
     from xtalforge.screening.hull import ReferenceHull
 
-    ref = hull.get("artifact", hull) if isinstance(hull, dict) else hull
+    ref = hull.get("artifact", hull) if isinstance(hull, Mapping) else hull
     path, _ = resolve_checkpoint(ref, ctx.blobs if ctx else None)
     # artefacts are cached under <sha>.pt: give the loader the right suffix
     tmp = Path(tempfile.mkdtemp()) / "hull.json.gz"
@@ -91,7 +93,7 @@ class HullMaker(Maker):
     relax: bool = False
     batch_size: int = 64
 
-    @stage_job(resource="gpu")
+    @stage_job(resource="gpu", output_schema=HullOutput)
     def make(self, dataset: Any = None) -> dict[str, Any]:
         """Build or reuse the hull; returns ``{artifact, convention, reused}``."""
         from xtalforge.screening.hull import ReferenceHull, elemental_chemical_potentials
@@ -190,7 +192,7 @@ def _sample_job_uuids(samples: Any) -> list[str]:
     items = samples if isinstance(samples, (list, tuple)) else [samples]
     out = []
     for s in items:
-        if isinstance(s, dict) and s.get("job_uuid"):
+        if isinstance(s, Mapping) and s.get("job_uuid"):
             out.append(s["job_uuid"])
         elif isinstance(s, str):
             out.append(s)
@@ -251,7 +253,7 @@ class ScreenMaker(Maker):
     one_per_composition: bool = True
     max_e_above_hull: float | None = None
 
-    @stage_job(resource="gpu")
+    @stage_job(resource="gpu", output_schema=ScreenOutput)
     def make(self, samples: Any, hull: str | dict[str, Any]) -> dict[str, Any]:
         """Screen the structures of ``samples`` (SampleMaker output(s) or job uuids)."""
         from pymatgen.core import Structure

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,19 +27,19 @@ from typing import TYPE_CHECKING, Any
 from jobflow import Maker, Response
 
 from xtalforge.device import resolve_device
-from xtalforge.makers.base import JobContext, job_context, stage_job
-from xtalforge.makers.generator import (
+from xtalforge.makers.base import JobContext, dataset_structures, job_context, stage_job
+from xtalforge.makers.pretrain import (
     continue_in_new_job,
-    dataset_structures,
-    load_generator,
     resume_info,
     store_checkpoint,
     train_config,
     train_stage,
 )
+from xtalforge.makers.sample import load_generator
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.config import additional
 from xtalforge.stores.documents import clean_floats, now
+from xtalforge.stores.schemas import PPOOutput, SFTOutput, WyckoffTrainOutput
 
 if TYPE_CHECKING:
     from xtalforge.models.training import TrainConfig
@@ -104,7 +105,7 @@ class WyckoffPretrainMaker(Maker):
     train: TrainConfig = field(default_factory=train_config)
     device: str = "auto"
 
-    @stage_job(resource="gpu", data="history")
+    @stage_job(resource="gpu", data="history", output_schema=WyckoffTrainOutput)
     def make(self, dataset: Any = None) -> dict[str, Any] | Response:
         """Train; ``dataset`` (the ingest output) only orders the job after ingestion.
 
@@ -183,12 +184,14 @@ class PPOFineTuneMaker(Maker):
     n_jobs: int = 1
     device: str = "auto"
 
-    @stage_job(resource="gpu", data="curves")
+    @stage_job(resource="gpu", data="curves", output_schema=PPOOutput)
     def make(self, checkpoint: str | dict[str, Any], surrogates: dict[str, Any] | None = None,
              hull: str | dict[str, Any] | None = None) -> dict[str, Any]:
         """Fine-tune ``checkpoint``; ``hull`` (a ``HullMaker`` output) overrides the field."""
         import dataclasses
 
+        if isinstance(hull, Mapping):  # a HullMaker output (a HullOutput, or a dict)
+            hull = dict(hull)
         maker = dataclasses.replace(self, hull=hull) if hull is not None else self
         return run_ppo_finetune(maker, job_context(), checkpoint, surrogates)
 
@@ -384,7 +387,7 @@ class SFTFineTuneMaker(Maker):
     n_jobs: int = 1
     device: str = "auto"
 
-    @stage_job(resource="gpu", data="history")
+    @stage_job(resource="gpu", data="history", output_schema=SFTOutput)
     def make(self, checkpoint: str | dict[str, Any], hull: str | dict[str, Any] | None = None
              ) -> dict[str, Any]:
         """Select and fine-tune; returns the checkpoint (kind ``generator/sft``) and counts."""
@@ -401,7 +404,7 @@ class SFTFineTuneMaker(Maker):
         if spec is None:
             raise ValueError("the SFT baseline needs a reference hull (hull=HullMaker output "
                              "or a saved hull path)")
-        ref_hull = load_hull(spec, ctx) if isinstance(spec, dict) else ReferenceHull.load(spec)
+        ref_hull = load_hull(spec, ctx) if isinstance(spec, Mapping) else ReferenceHull.load(spec)
         ref_structs, _ = dataset_structures(ctx, self.reference_split)
         out = run_sft_baseline(
             gen, get_energy_model(self.energy_model, device=device), ref_hull,

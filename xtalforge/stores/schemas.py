@@ -16,6 +16,7 @@ their schema, lineage fields flattened as ``lineage.<key>``).
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,8 +25,22 @@ __all__ = [
     "DFTDoc",
     "DFTHullConvention",
     "DatasetDoc",
+    "FineTuneOutput",
+    "GRPOOutput",
     "HullConvention",
+    "HullOutput",
+    "IngestOutput",
+    "JobOutput",
     "Lineage",
+    "PPOOutput",
+    "ReportOutput",
+    "SFTOutput",
+    "SampleOutput",
+    "ScreenOutput",
+    "SurrogateOutput",
+    "TrainOutput",
+    "VAETrainOutput",
+    "WyckoffTrainOutput",
     "SampleDoc",
     "ScreenDoc",
     "StageDoc",
@@ -318,3 +333,211 @@ def query_columns() -> list[str]:
             if isinstance(extra, dict) and "query" in extra:
                 marked.setdefault(prefix + name, int(extra["query"]))
     return sorted(marked, key=lambda n: marked[n])
+
+
+# ----------------------------------------------------------------------------- job outputs
+class JobOutput(BaseModel, Mapping):
+    """Output of a stage's job (its jobflow ``output_schema``), readable as a mapping.
+
+    jobflow validates a job's returned dict into its ``output_schema`` and stores the model
+    (its fields plus ``@module``/``@class``); an ``OutputReference`` to the job resolves to the
+    model again. The outputs are also read as mappings (``output["checkpoint"]`` references,
+    ``output.get(...)``, ``dict(output)``), as they were read when they were plain dicts, so a
+    store holding dict outputs of earlier runs and one holding typed outputs read the same
+    way. Keys a model does not name are kept (``extra="allow"``).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    def __getitem__(self, key: str) -> Any:
+        if key in type(self).model_fields or key in (self.model_extra or {}):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override] - keys, as a Mapping
+        yield from type(self).model_fields
+        yield from self.model_extra or {}
+
+    def __len__(self) -> int:
+        return len(type(self).model_fields) + len(self.model_extra or {})
+
+
+def _ckpt(what: str) -> Any:
+    return Field(
+        description=f"Reference of {what} in the ``blobs`` store: checkpoint_id, sha256, kind, "
+        "path, size_bytes, metadata (:func:`xtalforge.stores.artifacts.checkpoint_ref`)."
+    )
+
+
+class IngestOutput(JobOutput):
+    """Output of the ingest job (:class:`~xtalforge.makers.ingest.IngestDatasetMaker`)."""
+
+    name: str = Field(description="Dataset name.")
+    path: str | None = Field(description="File the dataset was read from.")
+    n_total: int = Field(description="Entries read.")
+    n_accepted: int = Field(description="Entries with a usable structure.")
+    n_rejected: int = Field(description="Entries rejected (stored with their reason).")
+    rejected_by_reason: dict[str, int] = Field(description="Rejections counted by kind.")
+    fingerprint: str = Field(description="SHA-256 of the parsed dataset (resume key).")
+    split: str = Field(description="Split label stored on the documents.")
+    n_heldout: int = Field(description="Entries labelled 'heldout' (committed test ids).")
+    dataset_description: dict[str, Any] | None = Field(
+        description="For the MP-20 split: file and held-out-id hashes."
+    )
+    campaign_id: str = Field(description="Campaign the documents belong to.")
+    written: int = Field(description="Documents written by this run.")
+    already_stored: int = Field(description="Documents an earlier run had written.")
+    rejections: list[dict[str, Any]] = Field(
+        description="Rejected entries: source_id, reason, doc_id."
+    )
+
+
+class TrainOutput(JobOutput):
+    """Output of a generator training job (LDM; base of the VAE and Wyckoff outputs)."""
+
+    checkpoint: dict[str, Any] = _ckpt("the trained generator")
+    history: dict[str, Any] = Field(
+        description="Training history (losses per logged step); in the ``data`` store."
+    )
+    n_train: int = Field(description="Structures trained on.")
+    wall_time_s: float = Field(description="Wall time of this run (s).")
+    steps_done: int = Field(description="Optimisation steps done.")
+    runs: int = Field(
+        description="Runs of this job that trained (continuations and reruns included)."
+    )
+    resumed_from_step: int = Field(description="Step this last run started from.")
+    train_state_id: str | None = Field(description="Stored training state (resume key).")
+
+
+class VAETrainOutput(TrainOutput):
+    """Output of the VAE training job (:class:`~xtalforge.makers.pretrain.VAETrainMaker`)."""
+
+    n_skipped_too_large: int = Field(
+        description="Dataset structures left out for having more sites than max_atoms."
+    )
+
+
+class WyckoffTrainOutput(TrainOutput):
+    """Output of the Wyckoff transformer's pretraining job."""
+
+    tokenization: dict[str, Any] = Field(description="Structures tokenised, used and dropped.")
+    family: str = Field(description="Generator family.")
+
+
+class SFTOutput(JobOutput):
+    """Output of the supervised fine-tuning baseline (rejection sampling, then fine-tuning)."""
+
+    checkpoint: dict[str, Any] = _ckpt("the fine-tuned generator")
+    parent_checkpoint: dict[str, Any] = _ckpt("the starting checkpoint")
+    device: str = Field(description="Device used.")
+    history: dict[str, Any] = Field(description="Fine-tuning history; in the ``data`` store.")
+    n_samples: int = Field(description="Structures sampled.")
+    n_selected: int = Field(description="Samples kept (E_hull below the threshold).")
+    frac_selected: float = Field(description="n_selected / n_samples.")
+    screen_summary: dict[str, Any] = Field(description="Scalar metrics of the screening.")
+    relaxed: bool = Field(description="Samples relaxed with the MLIP before the hull.")
+    threshold: float = Field(description="E_hull threshold (eV/atom).")
+    hull_convention: dict[str, Any] | None = Field(
+        description="The hull E_hull is measured against (:class:`HullConvention`)."
+    )
+
+
+class SampleOutput(JobOutput):
+    """Output of a sampling job (:class:`~xtalforge.makers.sample.SampleMaker`)."""
+
+    job_uuid: str | None = Field(description="The sampling job (key of its sample documents).")
+    n: int = Field(description="Samples asked for.")
+    n_written_now: int = Field(description="Sample documents written by this run.")
+    n_valid_now: int = Field(description="Valid decodes among them.")
+    already_stored: int = Field(description="Sample documents an earlier run had written.")
+    checkpoint: dict[str, Any] = _ckpt("the sampled generator")
+    label: str | None = Field(description="Model label (base, rl) of the lineage.")
+    device: str = Field(description="Device used.")
+    dtype: str = Field(description="fp32 or bf16.")
+    generate_time_s: float = Field(description="Time spent generating (s).")
+    structures_per_s: float | None = Field(description="Throughput of this run.")
+    timings: dict[str, float] = Field(description="Time per generation phase (s).")
+
+
+class HullOutput(JobOutput):
+    """Output of the reference-hull job (:class:`~xtalforge.makers.screening.HullMaker`)."""
+
+    artifact: dict[str, Any] = _ckpt("the saved hull")
+    convention: dict[str, Any] | None = Field(
+        description="How the hull was built (:class:`HullConvention`)."
+    )
+    reused: bool = Field(description="An identical hull was found in the store and reused.")
+
+
+class ScreenOutput(JobOutput):
+    """Output of a screening job (:class:`~xtalforge.makers.screening.ScreenMaker`)."""
+
+    n: int = Field(description="Structures screened.")
+    summary: dict[str, Any] = Field(
+        description="Campaign-level metrics (validity, S.U.N., mSUN, coverage, hull convention)."
+    )
+    top_candidates: list[str] = Field(description="structure_ids of the ranked DFT candidates.")
+    sample_job_uuids: list[str] = Field(description="Sampling jobs whose structures it screened.")
+    policy: str = Field(description="Candidate ranking policy.")
+    k: int = Field(description="Candidates ranked.")
+
+
+class FineTuneOutput(JobOutput):
+    """Output of an RL fine-tuning job (GRPO family or PPO)."""
+
+    checkpoint: dict[str, Any] = _ckpt("the fine-tuned policy")
+    curves: list[dict[str, Any]] = Field(
+        description="Per-step training curves (reward, KL ...); in the ``data`` store."
+    )
+    algorithm: str = Field(description="grpo, dr-grpo, ppo ...")
+    reward_config: dict[str, Any] = Field(description="The reward (components and weights).")
+    resources: dict[str, Any] = Field(description="What the reward was computed with.")
+    notes: dict[str, Any] = Field(description="Hull and validation set used, and how.")
+    parent_checkpoint: dict[str, Any] = _ckpt("the starting checkpoint")
+    steps_done: int = Field(description="Steps done.")
+    resumed_from_step: int = Field(description="Step this run started from.")
+    stop_reason: str | None = Field(description="Why training stopped early, if it did.")
+    device: str = Field(description="Device used.")
+    wall_time_s: float = Field(description="Wall time of this run (s).")
+
+
+class GRPOOutput(FineTuneOutput):
+    """Output of :class:`~xtalforge.makers.rl.RLFineTuneMaker`."""
+
+    reference_policy: str | None = Field(description="KL reference policy.")
+    grpo_config: dict[str, Any] = Field(description="The GRPOConfig as run.")
+    early_stopped: bool = Field(description="Training stopped before max_steps.")
+    selected_policy: dict[str, Any] | None = Field(
+        description="Policy kept by select_by (None: the last)."
+    )
+
+
+class PPOOutput(FineTuneOutput):
+    """Output of :class:`~xtalforge.makers.wyckoff.PPOFineTuneMaker`."""
+
+    family: str = Field(description="Generator family.")
+    ppo_config: dict[str, Any] = Field(description="The PPOConfig as run.")
+
+
+class SurrogateOutput(JobOutput):
+    """Output of :class:`~xtalforge.makers.rl.SurrogateTrainMaker`."""
+
+    surrogate: dict[str, Any] = _ckpt("the trained property surrogate")
+    property: str = Field(description="Property predicted.")
+    history: dict[str, Any] = Field(description="Training history; in the ``data`` store.")
+    n_used: int = Field(description="Dataset structures with the property.")
+    n_without_property: int = Field(description="Dataset structures without it.")
+    parent_checkpoint: dict[str, Any] = _ckpt("the generator whose embeddings it reads")
+    device: str = Field(description="Device used.")
+
+
+class ReportOutput(JobOutput):
+    """Output of the report job: the report's path and its table values.
+
+    Besides the fields below it holds the values of the tables of the stages that ran
+    (``denovo``, ``mlip_vs_dft``, ``property_targeting``, ``fom_top``, ``figures`` ...).
+    """
+
+    campaign_id: str = Field(description="Campaign reported.")
+    generated_at: str = Field(description="UTC time the report was built (ISO 8601).")
+    report: str = Field(description="Path of report.md.")
