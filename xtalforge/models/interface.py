@@ -284,10 +284,9 @@ def checkpoint_family(path: str | Path) -> str:
     ValueError
         When the file is not a checkpoint of a known family.
     """
+    from xtalforge.models.checkpoint import load_checkpoint_file
     from xtalforge.models.generator import CHECKPOINT_FORMAT
     from xtalforge.models.wyckoff.generator import WYCKOFF_CHECKPOINT_FORMAT
-
-    from xtalforge.models.checkpoint import load_checkpoint_file
 
     # a missing, corrupt or foreign file: CheckpointError "not an xtalforge generator checkpoint"
     ckpt = load_checkpoint_file(path, (CHECKPOINT_FORMAT, WYCKOFF_CHECKPOINT_FORMAT),
