@@ -266,7 +266,13 @@ class ScreenMaker(Maker):
         crit: dict[str, Any] = {"campaign_id": ctx.campaign_id, "stage": "sample"}
         if uuids:
             crit["job_uuid"] = {"$in": uuids}
-        docs = sorted(find(ctx.structures, crit), key=lambda d: d["structure_id"])
+        # a deterministic order (sample job as given, then the sample's index in it): structure
+        # ids derive from the random job uuid, and the order decides which duplicate counts
+        # first and the order of the coverage sums
+        job_rank = {u: i for i, u in enumerate(uuids or [])}
+        docs = sorted(find(ctx.structures, crit), key=lambda d: (
+            job_rank.get(d.get("job_uuid"), len(job_rank)),
+            (d.get("lineage") or {}).get("index", -1), d["structure_id"]))
         if not docs:
             raise ValueError(f"no sample documents to screen for {crit}")
         structures = [
