@@ -265,10 +265,13 @@ def _print_summary(campaign_id: str, store: Optional[str], root: Optional[Path])
         def count(col: str) -> int:
             return int(df[col].map(lambda v: v is True or v == 1).sum()) if col in df else 0
 
+        n_rej = int(df["rejected"].map(lambda v: isinstance(v, str)).sum()) \
+            if "rejected" in df else 0
         typer.echo(
             f"screened samples: {int(df['e_above_hull'].notna().sum())} with an energy above "
-            f"the hull, {count('metastable')} metastable, {count('msun')} mSUN (metastable, "
-            f"unique, novel): xtalforge query --campaign {campaign_id} --msun"
+            f"the hull, {n_rej} rejected before the MLIP (atoms closer than 0.5 A or an "
+            f"implausibly dense cell), {count('metastable')} metastable, {count('msun')} mSUN "
+            f"(metastable, unique, novel): xtalforge query --campaign {campaign_id} --msun"
         )
         typer.echo("  (MLIP estimates against the campaign's reference hull: candidates for DFT "
                    "validation, not confirmed materials)")
@@ -353,8 +356,10 @@ def _print_status(campaign: Optional[str], store: Optional[str], root: Optional[
         if last.get("interrupted"):
             typer.echo(f"  last run interrupted: {last['interrupted']}")
         for stage, c in cres.stage_counts().items():
+            rejected = f", {c['rejected']} rejected" if c.get("rejected") else ""
             typer.echo(
-                f"  structures/{stage}: {c['total']} documents ({c['with_errors']} with errors)"
+                f"  structures/{stage}: {c['total']} documents ({c['with_errors']} with "
+                f"errors{rejected})"
             )
 
 
