@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from xtalforge.cli_dft import register as register_submit
 from xtalforge.reports.cli import register as register_reports
@@ -278,7 +278,20 @@ def _print_summary(campaign_id: str, store: Optional[str], root: Optional[Path])
     typer.echo(f"query it with: xtalforge query --campaign {campaign_id} --limit 10")
 
 
-@app.command()
+class _RunCommand(TyperCommand):
+    """``run``: its help ends with the campaign YAML grammar, built from the makers on demand."""
+
+    def format_help(self, ctx, formatter):  # noqa: D102
+        if not self.epilog:
+            from rich.markup import escape
+
+            from xtalforge.flows.campaign import campaign_grammar
+
+            self.epilog = escape(campaign_grammar())
+        return super().format_help(ctx, formatter)
+
+
+@app.command(cls=_RunCommand)
 def run(
     config_file: Path = typer.Argument(..., exists=True, help="Campaign YAML"),
     campaign_id: Optional[str] = typer.Option(None, "--campaign-id", help="Override the id"),
@@ -296,8 +309,9 @@ def run(
     """Run or resume a campaign described by a YAML file (same id = resume).
 
     Unknown keys and wrong types in the YAML are errors (naming the allowed keys), found before
-    anything runs. A failed job is listed with its exception; fix the configuration and run
-    again: while no job has finished, the changed configuration replaces the stored one.
+    anything runs (the grammar follows). A failed job is listed with its exception; fix the
+    configuration and run again: while no job has finished, the changed configuration replaces
+    the stored one.
     """
     import yaml
 
