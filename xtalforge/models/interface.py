@@ -281,19 +281,17 @@ def checkpoint_family(path: str | Path) -> str:
 
     Raises
     ------
-    ValueError
-        When the file is not a checkpoint of a known family.
+    xtalforge.models.checkpoint.CheckpointError
+        When the file is missing, corrupt or not a checkpoint of a known family
+        (``not an xtalforge generator checkpoint: PATH (reason)``).
     """
+    from xtalforge.models.checkpoint import load_checkpoint_file
     from xtalforge.models.generator import CHECKPOINT_FORMAT
     from xtalforge.models.wyckoff.generator import WYCKOFF_CHECKPOINT_FORMAT
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
-    if fmt == CHECKPOINT_FORMAT:
-        return "latent_diffusion"
-    if fmt == WYCKOFF_CHECKPOINT_FORMAT:
-        return "wyckoff_transformer"
-    raise ValueError(f"{path}: not a generator checkpoint of a known family (format {fmt!r})")
+    ckpt = load_checkpoint_file(path, (CHECKPOINT_FORMAT, WYCKOFF_CHECKPOINT_FORMAT),
+                                "xtalforge generator checkpoint", mmap=True)
+    return "latent_diffusion" if ckpt["format"] == CHECKPOINT_FORMAT else "wyckoff_transformer"
 
 
 def load_any_generator(path: str | Path, map_location: str | torch.device = "cpu"):
