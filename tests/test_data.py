@@ -109,7 +109,7 @@ def test_demo_dataset_is_deterministic_and_valid():
     assert a.fingerprint == b.fingerprint
     assert len(a.entries) > 300 and not a.rejected
     sources = {e.properties["source"] for e in a.entries}
-    assert sources == {"aflow", "ase-reference-state", "substitution", "elemental-reference"}
+    assert sources == {"aflow", "ase-reference-state", "elemental-reference", "substitution"}
     assert max(len(e.structure) for e in a.entries) <= 20
     assert len({e.source_id for e in a.entries}) == len(a.entries)
 

@@ -172,9 +172,9 @@ def test_creativity_duplicate_novel_and_known():
 
 def test_stability_hand_made_hull(fake_energy, hull):
     squeezed = rocksalt(lat=5.2)
-    crushed = rocksalt(lat=3.0)  # distances 1.5 A: still evaluated, far above the hull
+    crushed = rocksalt(lat=3.5)  # 5.4 A^3/atom, distances 1.75 A: evaluated, far above the hull
     overlap = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.05, 0, 0]])
-    dense = rocksalt(lat=2.0)  # 1 A^3/atom, distances 1 A: refused before the MLIP
+    dense = rocksalt(lat=3.0)  # 3.4 A^3/atom < 5, distances 1.5 A: refused before the MLIP
     structs = [rocksalt(), squeezed, crushed, cscl("K", "F"), overlap, None, dense]
     res = RewardResources(energy_model=fake_energy, hull=hull, reference=ReferenceSet([]))
     ctx = RewardContext(structs, res)

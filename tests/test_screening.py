@@ -287,7 +287,9 @@ def test_mlip_hull_and_screening(chgnet, tmp_path):
     assert r[2]["e_above_hull"] > r[0]["e_above_hull"]
     assert r[3]["unique"] is False and r[3]["msun"] is False  # duplicate of record 0
     assert r[1]["errors"] == ["invalid structure (None)"]
-    assert "structurally invalid" in r[4]["errors"][0] and r[4]["e_above_hull"] is None
+    assert r[4]["rejected"].startswith("structurally invalid") and not r[4]["errors"]
+    assert r[4]["e_above_hull"] is None and not r[4]["metastable"]
+    assert summary["n_rejected"] == 1 and summary["n_with_errors"] == 3
     assert "unsupported element" in r[5]["errors"][0]
     assert "hull" in r[6]["errors"][0] and r[6]["energy"] is not None  # Na-Cl not covered
     assert all(rec["hull_fingerprint"] == hull.convention["fingerprint"] for rec in records)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from xtalforge.cli_dft import register as register_submit
 from xtalforge.reports.cli import register as register_reports
@@ -265,17 +265,33 @@ def _print_summary(campaign_id: str, store: Optional[str], root: Optional[Path])
         def count(col: str) -> int:
             return int(df[col].map(lambda v: v is True or v == 1).sum()) if col in df else 0
 
+        n_rej = int(df["rejected"].map(lambda v: isinstance(v, str)).sum()) \
+            if "rejected" in df else 0
         typer.echo(
             f"screened samples: {int(df['e_above_hull'].notna().sum())} with an energy above "
-            f"the hull, {count('metastable')} metastable, {count('msun')} mSUN (metastable, "
-            f"unique, novel): xtalforge query --campaign {campaign_id} --msun"
+            f"the hull, {n_rej} rejected before the MLIP (atoms closer than 0.5 A or an "
+            f"implausibly dense cell), {count('metastable')} metastable, {count('msun')} mSUN "
+            f"(metastable, unique, novel): xtalforge query --campaign {campaign_id} --msun"
         )
         typer.echo("  (MLIP estimates against the campaign's reference hull: candidates for DFT "
                    "validation, not confirmed materials)")
     typer.echo(f"query it with: xtalforge query --campaign {campaign_id} --limit 10")
 
 
-@app.command()
+class _RunCommand(TyperCommand):
+    """``run``: its help ends with the campaign YAML grammar, built from the makers on demand."""
+
+    def format_help(self, ctx, formatter):  # noqa: D102
+        if not self.epilog:
+            from rich.markup import escape
+
+            from xtalforge.flows.campaign import campaign_grammar
+
+            self.epilog = escape(campaign_grammar())
+        return super().format_help(ctx, formatter)
+
+
+@app.command(cls=_RunCommand)
 def run(
     config_file: Path = typer.Argument(..., exists=True, help="Campaign YAML"),
     campaign_id: Optional[str] = typer.Option(None, "--campaign-id", help="Override the id"),
@@ -293,8 +309,9 @@ def run(
     """Run or resume a campaign described by a YAML file (same id = resume).
 
     Unknown keys and wrong types in the YAML are errors (naming the allowed keys), found before
-    anything runs. A failed job is listed with its exception; fix the configuration and run
-    again: while no job has finished, the changed configuration replaces the stored one.
+    anything runs (the grammar follows). A failed job is listed with its exception; fix the
+    configuration and run again: while no job has finished, the changed configuration replaces
+    the stored one.
     """
     import yaml
 
@@ -353,8 +370,10 @@ def _print_status(campaign: Optional[str], store: Optional[str], root: Optional[
         if last.get("interrupted"):
             typer.echo(f"  last run interrupted: {last['interrupted']}")
         for stage, c in cres.stage_counts().items():
+            rejected = f", {c['rejected']} rejected" if c.get("rejected") else ""
             typer.echo(
-                f"  structures/{stage}: {c['total']} documents ({c['with_errors']} with errors)"
+                f"  structures/{stage}: {c['total']} documents ({c['with_errors']} with "
+                f"errors{rejected})"
             )
 
 

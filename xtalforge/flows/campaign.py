@@ -459,7 +459,7 @@ def _rl_from_config(rl: dict[str, Any], seed: int) -> Maker:
     from xtalforge.rl.grpo import GRPOConfig
 
     grpo_keys = {f.name for f in fields(GRPOConfig)}
-    maker_keys = {f.name for f in fields(RLFineTuneMaker) if f.name != "grpo"}
+    maker_keys = {f.name for f in fields(RLFineTuneMaker) if f.name not in ("grpo", "name")}
     if not isinstance(rl, Mapping):
         raise CampaignConfigError(f"rl: expected a mapping of settings (key: value), got {rl!r}")
     r = dict(rl)
@@ -566,6 +566,102 @@ def maker_from_config(config: dict[str, Any]) -> DiscoveryCampaignMaker:
         dft=dft,
         report=report,
     )
+
+
+#: What each top-level key of a campaign YAML is (``xtalforge run --help``).
+_TOP_LEVEL_HELP = {
+    "campaign_id": "required (or --campaign-id): the campaign's id; running the same id again "
+                   "resumes it",
+    "name": "free text",
+    "seed": "integer (default 0): default seed of pretraining, RL and sampling",
+    "store": "store setting, as --store: embedded (default), mongodb://..., a store.yaml",
+    "remote": "jobflow-remote settings, read by `xtalforge submit` only",
+    "checkpoint": "a generator checkpoint (path or stored reference) to start from instead of "
+                  "pretrain",
+}
+
+
+def campaign_sections() -> list[tuple[str, str, list[str]]]:
+    """Return ``(section, where its keys come from, allowed keys)`` for the campaign YAML.
+
+    The keys are those :func:`maker_from_config` accepts for the default generator family
+    (``latent_diffusion``); the ``wyckoff_transformer`` family's ``pretrain`` and ``rl`` are
+    described in :mod:`xtalforge.flows.families`.
+    """
+    from xtalforge.flows.families import GENERATOR_KEYS
+    from xtalforge.makers.dft import DFTValidationMaker
+    from xtalforge.makers.report import ReportMaker
+    from xtalforge.makers.rl import RLFineTuneMaker
+    from xtalforge.models.training import TrainConfig
+    from xtalforge.rl.grpo import GRPOConfig
+
+    def keys(*classes: type, exclude: tuple[str, ...] = (), extra: tuple[str, ...] = ()
+             ) -> list[str]:
+        names = {f.name for c in classes for f in fields(c) if f.init and f.name not in exclude}
+        return sorted(names | set(extra))
+
+    dft_nested = ("relax", "band_structure", "dielectric", "hull_entries", "correction",
+                  "check_potcar", "static_incar")
+    dft_makers = ("static_maker", "relax_maker", "band_structure_maker", "dielectric_maker",
+                  "collect_maker")
+    return [
+        ("dataset", "IngestDatasetMaker fields (the campaign's dataset; default: the demo set)",
+         keys(IngestDatasetMaker, exclude=("name",))),
+        ("reference", "IngestDatasetMaker fields (a further novelty reference set)",
+         keys(IngestDatasetMaker, exclude=("name",))),
+        ("generator", "family: latent_diffusion (default) or wyckoff_transformer; model and "
+         "max_atoms of the generator (xtalforge.flows.families)", list(GENERATOR_KEYS)),
+        ("pretrain", "TrainConfig fields (both training stages), VAETrainMaker fields, "
+         "vae_steps and ldm_steps", keys(TrainConfig, VAETrainMaker,
+                                         exclude=("name", "steps", "seed", "train"),
+                                         extra=("vae_steps", "ldm_steps"))),
+        ("rl", "GRPOConfig fields (-> RLFineTuneMaker.grpo) and RLFineTuneMaker fields; "
+         "steps = max_steps", keys(GRPOConfig, RLFineTuneMaker, exclude=("name", "grpo"),
+                                   extra=tuple(RL_ALIASES))),
+        ("sample", "SampleMaker fields, and sample_base (also sample the model before RL)",
+         keys(SampleMaker, extra=("sample_base",))),
+        ("hull", "HullMaker fields (the reference hull; used with screen or rl)",
+         keys(HullMaker)),
+        ("screen", "ScreenMaker fields", keys(ScreenMaker)),
+        ("dft", "DFTValidationMaker fields and options of its atomate2 makers "
+         "(xtalforge.makers.dft.dft_maker_from_config)",
+         keys(DFTValidationMaker, exclude=dft_makers, extra=dft_nested)),
+        ("report", "ReportMaker fields", keys(ReportMaker)),
+    ]
+
+
+def campaign_grammar(width: int = 92) -> str:
+    """Describe the campaign YAML: its top-level keys, and per section where its keys come from.
+
+    Computed from the makers' fields (the same ones :func:`maker_from_config` checks), so the
+    text (``xtalforge run --help``) lists exactly the keys a configuration may use. Lines are
+    wrapped at ``width`` with hanging indents.
+    """
+    import textwrap
+
+    lines = [
+        "Campaign YAML: a mapping with these top-level keys (any other is an error). A stage "
+        "runs only when its section is present; `{}` runs it with defaults. Examples: "
+        "campaigns/demo.yaml (the demo, CPU), campaigns/mp20_gpu.yaml and "
+        "campaigns/mp20_wyckoff_gpu.yaml (one GPU node).",
+        "",
+    ]
+    lines += [f"  {k}: {v}" for k, v in _TOP_LEVEL_HELP.items()]
+    lines.append("")
+    lines.append("Sections (mappings of settings) and where their keys come from:")
+    for section, source, allowed in campaign_sections():
+        lines.append(f"  {section}: {source}.")
+        lines.append(f"    keys: {', '.join(allowed)}")
+    lines += ["", "Pipeline: dataset -> pretrain (or checkpoint) -> rl -> sample -> hull + "
+              "screen -> dft -> report. With generator.family wyckoff_transformer, pretrain "
+              "takes TrainConfig fields + device, split and rl PPOConfig + PPOFineTuneMaker "
+              "fields."]
+    out = []
+    for line in lines:
+        indent = " " * (len(line) - len(line.lstrip()))
+        out.append(textwrap.fill(line, width, subsequent_indent=indent + "    " * bool(indent),
+                                 break_on_hyphens=False) if line else "")
+    return "\n".join(out)
 
 
 def demo_config(campaign_id: str = "demo", seed: int = 0, train: bool = False

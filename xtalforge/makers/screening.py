@@ -34,6 +34,7 @@ from jobflow import Maker
 from xtalforge.device import resolve_device
 from xtalforge.makers.base import JobContext, dataset_structures, job_context, stage_job
 from xtalforge.makers.sample import load_generator
+from xtalforge.screening.metrics import MIN_VOLUME_PER_ATOM
 from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
 from xtalforge.stores.documents import bulk_upsert, find, make_result_doc
 from xtalforge.stores.provenance import fingerprint_json
@@ -224,6 +225,10 @@ class ScreenMaker(Maker):
         process.
     pipeline
         Matching, SMACT and validity alongside the single points (same results).
+    min_volume_per_atom
+        Samples denser than this (Å^3/atom), like those with atoms closer than 0.5 Å, are not
+        given to the MLIP: their ``screen`` document has ``rejected`` (the reason) and no
+        energy (default 5.0, below the densest MP-20 crystal; ``None``: no density guard).
     novelty_split
         Dataset split used as novelty reference (``None``: every dataset document).
     coverage
@@ -244,6 +249,7 @@ class ScreenMaker(Maker):
     relax_kwargs: dict = field(default_factory=dict)
     graph_workers: int = 0
     pipeline: bool = True
+    min_volume_per_atom: float | None = MIN_VOLUME_PER_ATOM
     novelty_split: str | None = None
     coverage: bool = True
     compute_amd: bool = False
@@ -321,6 +327,7 @@ class ScreenMaker(Maker):
             compute_amd=self.compute_amd,
             progress=True,
             pipeline=self.pipeline,
+            min_volume_per_atom=self.min_volume_per_atom,
         )
         close = getattr(model, "close", None)
         if close is not None:

@@ -49,6 +49,7 @@ def load_checkpoint_file(
     fmt: str | tuple[str, ...],
     what: str = "xtalforge checkpoint",
     map_location: str | torch.device = "cpu",
+    mmap: bool = False,
 ) -> dict[str, Any]:
     """Load a checkpoint dict written by ``torch.save`` and check its ``format`` tag.
 
@@ -60,8 +61,9 @@ def load_checkpoint_file(
         Accepted value(s) of the dict's ``"format"`` entry.
     what
         What the file should be, for the message (``"xtalforge generator checkpoint"``).
-    map_location
-        Passed to :func:`torch.load`.
+    map_location, mmap
+        Passed to :func:`torch.load` (``mmap=True``: tensors stay on disk until used, for a
+        quick look at the tags).
 
     Returns
     -------
@@ -78,7 +80,7 @@ def load_checkpoint_file(
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - every unpickling failure means a bad file
         raise CheckpointError(f"not {article} {what}: {path} ({_reason(exc, path)})") from None
     formats = (fmt,) if isinstance(fmt, str) else tuple(fmt)

@@ -281,8 +281,9 @@ def checkpoint_family(path: str | Path) -> str:
 
     Raises
     ------
-    ValueError
-        When the file is not a checkpoint of a known family.
+    xtalforge.models.checkpoint.CheckpointError
+        When the file is missing, corrupt or not a checkpoint of a known family
+        (``not an xtalforge generator checkpoint: PATH (reason)``).
     """
     from xtalforge.models.checkpoint import load_checkpoint_file
     from xtalforge.models.generator import CHECKPOINT_FORMAT
@@ -290,7 +291,7 @@ def checkpoint_family(path: str | Path) -> str:
 
     # a missing, corrupt or foreign file: CheckpointError "not an xtalforge generator checkpoint"
     ckpt = load_checkpoint_file(path, (CHECKPOINT_FORMAT, WYCKOFF_CHECKPOINT_FORMAT),
-                                "xtalforge generator checkpoint")
+                                "xtalforge generator checkpoint", mmap=True)
     return "latent_diffusion" if ckpt["format"] == CHECKPOINT_FORMAT else "wyckoff_transformer"
 
 

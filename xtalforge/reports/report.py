@@ -128,7 +128,9 @@ def build_report_with_values(
     rep.values["stage_counts"] = counts
     if counts:
         rep.add("- documents: " + "; ".join(
-            f"{st} {c['total']} ({c['with_errors']} with errors)" for st, c in counts.items()))
+            f"{st} {c['total']} ({c['with_errors']} with errors"
+            + (f", {c['rejected']} rejected before the MLIP" if c.get("rejected") else "") + ")"
+            for st, c in counts.items()))
     rep.add(f"- report generated {rep.values['generated_at'][:19]} UTC from the results store",
             "")
 

@@ -526,8 +526,8 @@ def denovo_benchmark_table(
 
     Notes
     -----
-    Every generated structure of a group is in its denominator ``N`` (failed decodes,
-    structures not evaluated or without an energy count as not unique/novel/valid/
+    Every generated structure of a group is in its denominator ``N`` (failed decodes count as
+    not unique/novel/valid/metastable; structures not evaluated or without an energy as not
     metastable). A metric whose column is absent from every row is n/a, not 0.
     """
     rows_df = _stage_rows(df, stage)
@@ -565,8 +565,10 @@ def denovo_benchmark_table(
         f"N = {n_tot} generated structures (stage {stage!r}) in {len(data)} group(s) by "
         f"{group_by or 'nothing'}; every generated structure is in its group's denominator. "
         "N failed: no structure (failed decode); N no E_hull: no MLIP energy above hull (failed "
-        "decode, structurally invalid and skipped, or MLIP/hull failure); such structures count "
-        "as not unique/novel/valid/metastable.",
+        "decode, rejected before the MLIP as structurally invalid or implausibly dense, or "
+        "MLIP/hull failure); failed decodes count as not unique/novel/valid/metastable, the "
+        "others as not metastable (their validity, uniqueness and novelty are those of their "
+        "structure).",
         "Comp. validity: SMACT (charge neutrality + electronegativity); uniqueness/novelty: "
         "pymatgen StructureMatcher; 1/(1+FMD): coverage from the stored Frechet distance "
         "(n/a when not stored).",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xtalforge.rewards.resources import GuardedEnergyModel, RewardResources
+from xtalforge.rewards.resources import RewardResources
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -163,10 +163,10 @@ def _screening_provider(ctx: RewardContext, wanted: frozenset) -> dict[str, np.n
 
         if res.energy_model is None or res.hull is None:
             raise ValueError("metric 'e_above_hull' needs RewardResources.energy_model and .hull")
-        model = GuardedEnergyModel(res.energy_model, res.min_volume_per_atom)
         records, summary = screen_structures(
-            ctx.structures, model, res.hull, reference_structures=res.reference,
-            n_jobs=res.n_jobs, batch_size=res.energy_batch_size, compute_amd=False)
+            ctx.structures, res.energy_model, res.hull, reference_structures=res.reference,
+            n_jobs=res.n_jobs, batch_size=res.energy_batch_size, compute_amd=False,
+            min_volume_per_atom=res.min_volume_per_atom)
         ctx.info["screen_summary"] = {k: v for k, v in summary.items()
                                       if isinstance(v, (int, float, str, bool))}
         out = {"e_above_hull": _col(records, "e_above_hull", float),

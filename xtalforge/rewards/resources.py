@@ -8,12 +8,13 @@ away from the MLIP.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from xtalforge.screening.metrics import MIN_VOLUME_PER_ATOM, evaluation_rejection
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymatgen.core import Structure
@@ -59,7 +60,10 @@ class RewardResources:
     min_volume_per_atom
         Structures denser than this (Å^3/atom) are not given to the MLIP (their energy is a
         failure): a diverging policy can decode cells so dense that the MLIP's neighbour and
-        angle graphs exhaust memory (seen with CHGNet). The densest MP-20 crystal has 5.8.
+        angle graphs exhaust memory (seen with CHGNet). Default
+        :data:`~xtalforge.screening.metrics.MIN_VOLUME_PER_ATOM`, the guard screening applies
+        (:func:`~xtalforge.screening.metrics.evaluation_rejection`; the densest MP-20 crystal
+        has 5.77).
     device
         Device for embeddings and surrogates (default: the generator's).
     """
@@ -74,7 +78,7 @@ class RewardResources:
     n_jobs: int = 1
     amd_k: int = 100
     energy_batch_size: int = 64
-    min_volume_per_atom: float = 2.0
+    min_volume_per_atom: float = MIN_VOLUME_PER_ATOM
     device: str | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -107,10 +111,14 @@ class GuardedEnergyModel:
 
     Wraps any :class:`~xtalforge.screening.mlip.EnergyModel` (attributes pass through);
     :meth:`predict` gives an error result, without evaluation, for structures with less than
-    ``min_volume_per_atom`` Å^3 per atom.
+    ``min_volume_per_atom`` Å^3 per atom (the density test of
+    :func:`~xtalforge.screening.metrics.evaluation_rejection`). For code that calls an energy
+    model directly; :func:`~xtalforge.screening.screen.screen_structures` applies the same guard
+    itself and records the reason as ``rejected``.
     """
 
-    def __init__(self, model: EnergyModel, min_volume_per_atom: float = 2.0) -> None:
+    def __init__(self, model: EnergyModel,
+                 min_volume_per_atom: float = MIN_VOLUME_PER_ATOM) -> None:
         self.model = model
         self.min_volume_per_atom = float(min_volume_per_atom)
 
@@ -119,13 +127,8 @@ class GuardedEnergyModel:
 
     def reason(self, structure: Structure | None) -> str | None:
         """Why ``structure`` is refused, or ``None``."""
-        if structure is None or len(structure) == 0:
-            return None
-        vpa = float(structure.volume) / len(structure)
-        if not math.isfinite(vpa) or vpa < self.min_volume_per_atom:
-            return (f"not evaluated: {vpa:.3g} A^3/atom < {self.min_volume_per_atom} "
-                    "(implausibly dense cell)")
-        return None
+        reason = evaluation_rejection(structure, self.min_volume_per_atom, min_distance=None)
+        return f"not evaluated: {reason}" if reason else None
 
     def predict(self, structures: Sequence[Any], *args: Any, **kwargs: Any) -> list:
         """``model.predict`` with refused structures replaced by error results."""

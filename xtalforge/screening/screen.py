@@ -1,9 +1,21 @@
 """Screen generated structures: MLIP energies, energy above hull, discovery metrics, ranking.
 
-``screen_structures`` returns one record per input structure (never dropping one: failures
-carry ``errors``) and a summary; ``rank_candidates`` orders records for DFT validation.
+``screen_structures`` returns one record per input structure (never dropping one) and a
+summary; ``rank_candidates`` orders records for DFT validation.
 Every record carries the energy model spec and the hull fingerprint; the summary carries the
 full hull ``convention`` and model info.
+
+Two kinds of missing values are told apart on every record:
+
+``rejected``
+    A reason the sample was not given to the MLIP: it is structurally invalid (atoms closer
+    than 0.5 Å) or implausibly dense (less than ``min_volume_per_atom`` Å^3/atom, see
+    :func:`xtalforge.screening.metrics.evaluation_rejection`). That is a verdict on the sample,
+    not a failure: the record stays in every denominator with no energy, so it is neither
+    stable nor metastable (nor S.U.N./mSUN).
+``errors``
+    What failed in the pipeline on that structure: no structure (failed decode), an MLIP
+    or relaxation error, an element the hull does not cover, a matching error.
 """
 
 from __future__ import annotations
@@ -18,10 +30,12 @@ import numpy as np
 
 from xtalforge.screening.metrics import (
     METASTABLE_THRESHOLD,
+    MIN_DISTANCE,
+    MIN_VOLUME_PER_ATOM,
     ReferenceSet,
     add_stability,
     compute_metrics,
-    structural_validity,
+    evaluation_rejection,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +62,7 @@ def screen_structures(
     n_jobs: int = 1,
     compute_amd: bool = False,
     skip_invalid: bool = True,
+    min_volume_per_atom: float | None = MIN_VOLUME_PER_ATOM,
     matcher_kwargs: Mapping[str, Any] | None = None,
     metastable_threshold: float = METASTABLE_THRESHOLD,
     metastable_inclusive: bool = False,
@@ -86,7 +101,12 @@ def screen_structures(
     compute_amd : bool
         Min same-formula AMD distances and creativity reward (needs average-minimum-distance).
     skip_invalid : bool
-        Do not evaluate structures failing the 0.5 Å structural check (error recorded).
+        Do not evaluate structures failing the 0.5 Å structural check (``rejected`` with the
+        reason).
+    min_volume_per_atom : float or None
+        Do not evaluate structures denser than this (Å^3/atom; ``rejected`` with the reason).
+        Default :data:`~xtalforge.screening.metrics.MIN_VOLUME_PER_ATOM` (5.0, below the
+        densest MP-20 crystal); ``None`` gives every structure to the MLIP.
     matcher_kwargs : dict, optional
         StructureMatcher overrides.
     metastable_threshold, metastable_inclusive : float, bool
@@ -108,25 +128,27 @@ def screen_structures(
         One per input, in order: ``index, formula, n_sites, energy, energy_per_atom,
         max_force, e_above_hull, structure_valid, smact_valid, valid, unique, novel, stable,
         metastable, sun, msun, [min_amd_distance, creativity], relaxed, [relax_steps,
-        relax_converged, relax_max_force, relax_backend], errors, energy_model,
-        hull_fingerprint``.
+        relax_converged, relax_max_force, relax_backend], rejected, errors, energy_model,
+        hull_fingerprint``. ``rejected`` is the reason the structure was not evaluated
+        (``None`` when it was), ``errors`` what failed on it (module docstring).
     summary : dict
-        Aggregated metrics (failure-aware denominators), timings, model info, hull convention.
+        Aggregated metrics (failure-aware denominators), timings, model info, hull convention,
+        ``n_rejected``, ``n_with_errors`` and ``min_volume_per_atom``.
     """
     t0 = time.perf_counter()
     n = len(structures)
     errors: list[list[str]] = [[] for _ in range(n)]
+    rejected: list[str | None] = [None] * n
     to_eval: list[int] = []
     for i, s in enumerate(structures):
         if s is None:
             errors[i].append("invalid structure (None)")
             continue
-        if skip_invalid:
-            ok, reason = structural_validity(s)
-            if not ok:
-                errors[i].append(f"not evaluated: structurally invalid ({reason})")
-                continue
-        to_eval.append(i)
+        rejected[i] = evaluation_rejection(
+            s, min_volume_per_atom=min_volume_per_atom,
+            min_distance=MIN_DISTANCE if skip_invalid else None)
+        if rejected[i] is None:
+            to_eval.append(i)
 
     energy = np.full(n, np.nan)
     e_pa = np.full(n, np.nan)
@@ -245,6 +267,7 @@ def screen_structures(
             rec["structure"] = s.as_dict() if s is not None else None
             if relax:
                 rec["relaxed_structure"] = final[i].as_dict() if final[i] is not None else None
+        rec["rejected"] = rejected[i]
         rec["errors"] = errors[i]
         rec["energy_model"] = energy_model.spec
         rec["hull_fingerprint"] = hull_fp
@@ -254,7 +277,9 @@ def screen_structures(
     summary.update({
         "n_energy_evaluated": len(to_eval),
         "n_energy_failed": int(sum(1 for i in to_eval if not np.isfinite(e_pa[i]))),
+        "n_rejected": int(sum(1 for r in rejected if r)),
         "n_with_errors": int(sum(1 for e in errors if e)),
+        "min_volume_per_atom": min_volume_per_atom,
         "energy_model": energy_model.info,
         "hull_convention": hull.convention,
         "relaxed": bool(relax),

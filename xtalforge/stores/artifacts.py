@@ -7,6 +7,13 @@ weights. Loading resolves, in order: a local file path (offline use: any path a 
 reference's ``path`` when that file exists with the right sha256, then the blob store, cached
 under ``$XTALFORGE_CACHE`` (default ``~/.cache/xtalforge/checkpoints``) by sha256.
 
+The sha256 is verified on every load from a reference: a file or blob whose bytes hash to
+something else is never returned; when no copy with the recorded hash is left,
+:class:`ChecksumMismatch` names the file (or blob) and both hashes. A local path given as is
+carries no recorded hash, unless a record ``<name>.json`` with a ``sha256`` sits next to it (as
+for the shipped demo generator, ``scripts/train_demo_generator.py``): the file is then checked
+against it.
+
 Resumable training keeps one *training state* per ``(campaign_id, job_uuid, stage)``
 (:func:`put_training_state`, :func:`get_training_state`, :func:`delete_training_state`): a
 document ``{state_id, kind: "train-state", stage, sha256, data (base64), metadata, ...}`` that
@@ -32,6 +39,28 @@ logger = logging.getLogger(__name__)
 
 class CheckpointNotFound(FileNotFoundError):
     """Raised when a checkpoint cannot be found locally or in the store."""
+
+
+class ChecksumMismatch(ValueError):
+    """A checkpoint's bytes do not hash to the sha256 recorded for it.
+
+    Attributes
+    ----------
+    source : str
+        The file path, or ``blob store document <checkpoint_id>``.
+    expected, actual : str
+        The recorded sha256 and the sha256 of the bytes found.
+    """
+
+    def __init__(self, checkpoint_id: str, source: str, expected: str, actual: str,
+                 note: str = "") -> None:
+        self.checkpoint_id, self.source = checkpoint_id, source
+        self.expected, self.actual = expected, actual
+        super().__init__(
+            f"checkpoint {checkpoint_id}: {source} fails its sha256 check: recorded "
+            f"{expected}, found {actual} (the file was changed, truncated or corrupted)"
+            + (f"; {note}" if note else "")
+        )
 
 
 def cache_dir() -> Path:
@@ -118,7 +147,10 @@ def resolve_checkpoint(
     Raises
     ------
     CheckpointNotFound
-        When neither a local file nor the store has it, or the sha256 does not match.
+        When neither a local file nor the store has it.
+    ChecksumMismatch
+        When copies were found but none has the recorded sha256 (the message names the file
+        or blob and both hashes), or a local path differs from the sha256 of its record.
     """
     if isinstance(checkpoint, (str, os.PathLike)):
         p = Path(checkpoint)
@@ -126,27 +158,58 @@ def resolve_checkpoint(
             raise CheckpointNotFound(f"checkpoint file {p} does not exist")
         data = p.read_bytes()
         sha = _sha256(data)
-        return p, checkpoint_ref(f"ckpt-{sha[:16]}", sha, "file", str(p.resolve()), len(data))
+        ckpt_id = f"ckpt-{sha[:16]}"
+        recorded = _recorded_sha256(p)
+        if recorded and recorded != sha:
+            raise ChecksumMismatch(ckpt_id, f"file {p}", recorded, sha,
+                                   f"the sha256 is recorded in {p.with_suffix('.json')}")
+        return p, checkpoint_ref(ckpt_id, sha, "file", str(p.resolve()), len(data))
     ref = dict(checkpoint)
-    sha = ref["sha256"]
+    ckpt_id = ref.get("checkpoint_id", "?")
+    sha = ref.get("sha256")
+    if not sha:
+        raise CheckpointNotFound(
+            f"checkpoint reference {ckpt_id} has no sha256 (not a reference made by "
+            "put_checkpoint)"
+        )
+    mismatch: ChecksumMismatch | None = None
     for candidate in (ref.get("path"), cache_dir() / f"{sha}.pt"):
         if candidate and Path(candidate).is_file():
-            if _sha256(Path(candidate).read_bytes()) == sha:
+            found = _sha256(Path(candidate).read_bytes())
+            if found == sha:
                 return Path(candidate), ref
-            logger.warning("checkpoint file %s does not match sha256 %s", candidate, sha[:12])
+            mismatch = ChecksumMismatch(ckpt_id, f"file {candidate}", sha, found)
+            logger.warning("%s; trying the other copies", mismatch)
     if blobs is None:
-        raise CheckpointNotFound(
-            f"checkpoint {ref['checkpoint_id']} not on disk and no store given"
-        )
-    doc = blobs.query_one({"checkpoint_id": ref["checkpoint_id"]})
+        if mismatch is not None:
+            raise mismatch
+        raise CheckpointNotFound(f"checkpoint {ckpt_id} not on disk and no store given")
+    doc = blobs.query_one({"checkpoint_id": ckpt_id})
     if not doc:
-        raise CheckpointNotFound(f"checkpoint {ref['checkpoint_id']} is not in the blob store")
+        if mismatch is not None:
+            raise mismatch
+        raise CheckpointNotFound(f"checkpoint {ckpt_id} is not in the blob store")
     data = base64.b64decode(doc["data"])
-    if _sha256(data) != sha:
-        raise CheckpointNotFound(f"checkpoint {ref['checkpoint_id']}: stored bytes fail sha256")
+    found = _sha256(data)
+    if found != sha:
+        raise ChecksumMismatch(ckpt_id, f"blob store document {ckpt_id}", sha, found)
     out = cache_dir() / f"{sha}.pt"
     out.write_bytes(data)
     return out, ref
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    """Return the ``sha256`` of the record ``<stem>.json`` next to a checkpoint file, if any."""
+    import json
+
+    record = path.with_suffix(".json")
+    if record == path or not record.is_file():
+        return None
+    try:
+        sha = json.loads(record.read_text()).get("sha256")
+    except (ValueError, AttributeError, OSError):
+        return None  # not a record of ours: nothing to check against
+    return sha if isinstance(sha, str) and len(sha) == 64 else None
 
 
 # -- resumable training states ----------------------------------------------------------------

@@ -107,12 +107,19 @@ class CampaignResults:
         return find(self._structures, self._criteria(stage=stage, **criteria))
 
     def stage_counts(self) -> dict[str, dict[str, int]]:
-        """Return ``{stage: {"total": n, "valid": m}}`` for the campaign."""
+        """Return ``{stage: {"total": n, "with_errors": m, "rejected": r}}`` for the campaign.
+
+        ``with_errors``: documents whose ``errors`` is not empty (the pipeline failed on the
+        structure); ``rejected``: documents with a ``rejected`` reason (screening did not
+        evaluate the sample, see :class:`~xtalforge.stores.schemas.ScreenDoc`).
+        """
         out: dict[str, dict[str, int]] = {}
-        for d in find(self._structures, self._criteria(), properties=["stage", "valid", "errors"]):
-            c = out.setdefault(d["stage"], {"total": 0, "with_errors": 0})
+        for d in find(self._structures, self._criteria(),
+                      properties=["stage", "errors", "rejected"]):
+            c = out.setdefault(d["stage"], {"total": 0, "with_errors": 0, "rejected": 0})
             c["total"] += 1
             c["with_errors"] += bool(d.get("errors"))
+            c["rejected"] += bool(d.get("rejected"))
         return out
 
     # ------------------------------------------------------------------ merged view

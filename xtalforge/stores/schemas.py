@@ -235,6 +235,14 @@ class ScreenDoc(StageDoc):
     msun: bool | None = Field(
         None, description="Metastable, unique and novel.", json_schema_extra=_q(13)
     )
+    rejected: str | None = Field(
+        None,
+        description="Why the sample was not given to the MLIP (atoms closer than 0.5 Å, or "
+        "denser than the screen's min_volume_per_atom); None when it was evaluated. A rejected "
+        "sample has no energy and is not (meta)stable; unlike errors, a rejection is a verdict "
+        "on the sample, not a failure of the pipeline.",
+        json_schema_extra=_q(14),
+    )
     min_amd_distance: float | None = Field(None, description="Min same-formula AMD distance.")
     creativity: float | None = Field(None, description="Creativity (Park & Walsh 2025).")
     relaxed: bool | None = Field(None, description="Energies of MLIP-relaxed structures.")
