@@ -97,10 +97,12 @@ def pick(args) -> None:
                      "structure": r["structure"]})
     logger.info("%d samples pass the cost filters", len(pool))
     chosen, have, systems = [], set(), set()
+
+    def extra(c: dict) -> tuple:  # atoms still to compute if c is taken
+        return (sum(n for m, n in c["references"].items() if m not in have) + c["n_atoms"],
+                c["index"])
+
     while pool and len(chosen) < args.k:
-        def extra(c):
-            return (sum(n for m, n in c["references"].items() if m not in have) + c["n_atoms"],
-                    c["index"])
         pool.sort(key=extra)
         c = pool.pop(0)
         if c["chemsys"] in systems:
@@ -138,9 +140,11 @@ def store_samples(candidates_file: str) -> dict[str, Any]:
     ck = data["checkpoint"]
     docs = []
     for c in data["candidates"]:
-        sid = make_structure_id(ctx.campaign_id, f"samples:{data['samples_file']}", c["index"])
+        origin = f"samples:{data['samples_file']}"
+        sid = make_structure_id(ctx.campaign_id, origin, c["index"])
         docs.append(make_structure_doc(
-            Structure.from_dict(c["structure"]), structure_id=sid, campaign_id=ctx.campaign_id, stage="sample",
+            Structure.from_dict(c["structure"]), structure_id=sid, campaign_id=ctx.campaign_id,
+            stage="sample",
             job_uuid=ctx.job_uuid, job_name=ctx.job_name,
             lineage={"source": "generator", "parent_job_uuid": ctx.job_uuid,
                      "checkpoint_id": ck["checkpoint_id"], "checkpoint_sha256": ck["sha256"],
@@ -270,16 +274,16 @@ def report(args, settings) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pick", action="store_true", help="pick candidates from --samples")
-    p.add_argument("--samples", default="/work/main/out/eval_cpu/samples_A_9218.json.gz")
+    p.add_argument("--samples", help="the generator samples file (--pick)")
     p.add_argument("--mp20", default=str(HERE.parent.parent / "shared" / "data" / "mp20"))
     p.add_argument("--candidates", default=str(CANDIDATES))
     p.add_argument("--out", default="out/dft_cp2k")
     p.add_argument("--campaign", default="dft-cp2k")
-    p.add_argument("--k", type=int, default=6)
+    p.add_argument("--k", type=int, default=7)
     p.add_argument("--max-atoms", type=int, default=8)
     p.add_argument("--max-reference-atoms", type=int, default=12)
-    p.add_argument("--cutoff", type=float, default=400.0, help="CP2K CUTOFF (Ry)")
-    p.add_argument("--kpoint-density", type=int, default=300, help="k-points per atom")
+    p.add_argument("--cutoff", type=float, default=300.0, help="CP2K CUTOFF (Ry)")
+    p.add_argument("--kpoint-density", type=int, default=100, help="k-points per atom")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -287,6 +291,8 @@ def main() -> None:
         alt = Path("../shared/data/mp20")
         args.mp20 = str(alt.resolve()) if alt.is_dir() else args.mp20
     if args.pick:
+        if not args.samples:
+            p.error("--pick needs --samples")
         pick(args)
         return
     from xtalforge.dft.cp2k import Cp2kSettings, configure_cp2k
