@@ -146,3 +146,15 @@ def test_real_cp2k_statics_self_consistent_hull_and_cache(tmp_path, monkeypatch,
     d2 = CampaignResults(store, "c2").to_dataframe().set_index("structure_id").loc[
         "si-strained-2"]
     assert d2["dft_e_above_hull"] == pytest.approx(g["dft_e_above_hull"], abs=1e-6)
+
+
+def test_cp2k_engine_from_campaign_config():
+    from xtalforge.makers.dft import dft_maker_from_config
+
+    m = dft_maker_from_config({"engine": "cp2k", "mp20_dir": "mp20", "k": 3,
+                               "cp2k": {"cutoff": 300, "kpoint_density": 100}})
+    assert m.engine == "cp2k" and m.k == 3
+    assert m.cp2k == Cp2kSettings(cutoff=300, kpoint_density=100)
+    assert m.collect_maker.settings["fingerprint"] == m.cp2k.fingerprint()
+    with pytest.raises(ValueError, match=r"unknown dft.cp2k settings \['cutof'\]"):
+        dft_maker_from_config({"engine": "cp2k", "mp20_dir": "x", "cp2k": {"cutof": 300}})

@@ -1197,7 +1197,9 @@ def dft_maker_from_config(config: Mapping[str, Any] | None = None) -> DFTValidat
     ``relax`` (bool: MP double relaxation before the static), ``band_structure`` (bool),
     ``dielectric`` (bool: DFPT), ``hull_entries`` (list of files), ``correction``
     (``MP2020``/``none``), ``check_potcar`` and ``static_incar`` (INCAR updates of the static,
-    e.g. ``{NCORE: 4}``; MP-compatibility-relevant keys should stay untouched).
+    e.g. ``{NCORE: 4}``; MP-compatibility-relevant keys should stay untouched). The CP2K engine:
+    ``engine: cp2k``, ``mp20_dir``, ``cp2k_relax`` and ``cp2k`` (the fields of
+    :class:`~xtalforge.dft.cp2k.Cp2kSettings`, e.g. ``{cutoff: 300, kpoint_density: 100}``).
 
     Raises
     ------
@@ -1223,11 +1225,19 @@ def dft_maker_from_config(config: Mapping[str, Any] | None = None) -> DFTValidat
         f.name
         for f in dataclasses.fields(DFTValidationMaker)
         if f.name not in ("static_maker", "relax_maker", "band_structure_maker",
-                          "dielectric_maker", "collect_maker")
+                          "dielectric_maker", "collect_maker", "cp2k")
     }  # fmt: skip
+    nested.add("cp2k")
     unknown = set(c) - nested - plain
     if unknown:
         raise ValueError(f"unknown dft settings {sorted(unknown)}; known: {sorted(nested | plain)}")
+    cp2k = c.get("cp2k") or {}
+    known_cp2k = {f.name for f in dataclasses.fields(Cp2kSettings)}
+    if set(cp2k) - known_cp2k:
+        raise ValueError(
+            f"unknown dft.cp2k settings {sorted(set(cp2k) - known_cp2k)}; known: "
+            f"{sorted(known_cp2k)}"
+        )
     static = MPGGAStaticMaker()
     if c.get("static_incar"):
         gen = static.input_set_generator
@@ -1244,6 +1254,7 @@ def dft_maker_from_config(config: Mapping[str, Any] | None = None) -> DFTValidat
             correction=c.get("correction", "MP2020"),
             check_potcar=bool(c.get("check_potcar", True)),
         ),
+        cp2k=Cp2kSettings(**cp2k),
         **{k: c[k] for k in plain if k in c},
     )
 
