@@ -40,7 +40,6 @@ import gzip
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -250,7 +249,7 @@ def report(args, settings) -> dict[str, Any]:
                     ylabel="E_hull CHGNet vs MP-20 formation hull (eV/atom)",
                     title=f"MLIP vs CP2K, {len(ok)} generated candidates")
     out = {"table_markdown": table.render("markdown"), "table_values": table.values,
-           "candidates": rows, "references": ref_rows, "settings": settings.as_dict(),
+           "candidates": rows, "references": ref_rows, "settings": settings.record(),
            "settings_fingerprint": settings.fingerprint(),
            "yield": {"dft_metastable_and_novel": len(good), "candidate_calculations": len(rows),
                      "all_calculations": n_calc,
@@ -262,10 +261,10 @@ def report(args, settings) -> dict[str, Any]:
     (Path(args.out) / "dft_cp2k_summary.json").write_text(json.dumps(out, indent=1, default=str))
     print(table.render("markdown"))
     for r in rows:
-        print(f"{r['formula']:>10} {r['status']:>9}  MLIP {r['mlip_e_above_hull']}  "
+        print(f"{r['formula']!s:>10} {r['status']!s:>9}  MLIP {r['mlip_e_above_hull']}  "
               f"DFT {r['dft_e_above_hull']}  novel {r['novel']}  {r['wall_time_s']} s")
     for r in ref_rows:
-        print(f"  ref {r['formula']:>8} {r['material_id']:>12} {r['status']:>9} "
+        print(f"  ref {r['formula']!s:>8} {r['material_id']!s:>12} {r['status']!s:>9} "
               f"{r['energy_per_atom']} eV/atom  {r['wall_time_s']} s")
     print(json.dumps(out["yield"]), json.dumps(out["wall_time_s"]))
     return out
@@ -284,7 +283,10 @@ def main() -> None:
     p.add_argument("--max-reference-atoms", type=int, default=12)
     p.add_argument("--cutoff", type=float, default=300.0, help="CP2K CUTOFF (Ry)")
     p.add_argument("--kpoint-density", type=int, default=100, help="k-points per atom")
+    p.add_argument("--eps-scf", type=float, default=1e-5, help="CP2K EPS_SCF")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--force-config", action="store_true",
+                   help="resume the stored flow although the recorded configuration changed")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not Path(args.mp20).is_dir():
@@ -299,7 +301,8 @@ def main() -> None:
     from xtalforge.flows.runner import run_campaign
     from xtalforge.stores.config import build_job_store
 
-    settings = Cp2kSettings(cutoff=args.cutoff, kpoint_density=args.kpoint_density)
+    settings = Cp2kSettings(cutoff=args.cutoff, kpoint_density=args.kpoint_density,
+                            eps_scf=args.eps_scf)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         configure_cp2k()
@@ -308,9 +311,8 @@ def main() -> None:
         res = run_campaign(lambda: build_flow(args, settings), args.campaign, store,
                            config={"benchmark": "dft_validation_cp2k", "k": args.k,
                                    "candidates": Path(args.candidates).name,
-                                   "cp2k": settings.as_dict(),
-                                   "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-                           root_dir=Path(args.out) / "runs")
+                                   "cp2k": settings.record()},
+                           root_dir=Path(args.out) / "runs", force_config=args.force_config)
         logger.info("campaign %s: %s in %.0f s (failed: %s)", args.campaign, res.get("status"),
                     time.perf_counter() - t0, res.get("failed"))
     out = report(args, settings)

@@ -33,7 +33,7 @@ def _diamond(a: float) -> Structure:
 
 
 def test_settings_are_recorded_and_fingerprinted():
-    d = CHEAP.as_dict()
+    d = CHEAP.record()
     assert d["engine"] == "cp2k" and d["functional"] == "PBE"
     assert d["basis"] == "DZVP-MOLOPT-SR-GTH" and d["potential"] == "GTH-PBE"
     assert d["cutoff"] == 150.0 and d["kpoint_density"] == 20
@@ -67,7 +67,7 @@ def test_engine_is_checked():
 
 
 def test_collector_records_failed_references_and_band_gap():
-    coll = DFTCollectMaker(engine="cp2k", settings=CHEAP.as_dict())
+    coll = DFTCollectMaker(engine="cp2k", settings=CHEAP.record())
     static = {"state": "successful", "dir_name": "/x",
               "output": {"energy_per_atom": -3.2, "bandgap": 0.7, "structure": _diamond(5.43)},
               "input": {"xc": "PBE", "atomic_kind_info": {"atomic_kinds": {

@@ -674,6 +674,9 @@ class DFTValidationMaker(Maker):
     mp20_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.cp2k, Mapping):  # from YAML or a stored record
+            names = {f.name for f in dataclasses.fields(Cp2kSettings)}
+            self.cp2k = Cp2kSettings(**{k: v for k, v in self.cp2k.items() if k in names})
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
         if self.engine == "cp2k" and not self.mp20_dir:
@@ -804,7 +807,7 @@ class DFTValidationMaker(Maker):
 
     def cp2k_settings_record(self) -> dict[str, Any]:
         """Return the CP2K settings recorded on documents (with their fingerprint)."""
-        return {**self.cp2k.as_dict(), "fingerprint": self.cp2k.fingerprint()}
+        return {**self.cp2k.record(), "fingerprint": self.cp2k.fingerprint()}
 
     def reference_flow(
         self, key: str, phase: Mapping[str, Any], campaign_id: str
