@@ -135,7 +135,7 @@ class DFTCollectMaker(Maker):
         self-consistent hull of references computed with the same settings).
     settings
         The engine's settings, recorded on every document (``dft_engine_settings``); for CP2K
-        :meth:`Cp2kSettings.as_dict`.
+        :meth:`Cp2kSettings.record` with its fingerprint.
     """
 
     name: str = "dft collect"
@@ -1300,14 +1300,17 @@ def dft_status_line(store: Any, campaign_id: str) -> str | None:
     counts: dict[str, int] = {}
     for d in docs:
         counts[d.get("dft_status") or "?"] = counts.get(d.get("dft_status") or "?", 0) + 1
-    pending = counts.pop(PENDING_NO_VASP, 0)
+    pending = {e: counts.pop(st, 0) for e, st in (("VASP", PENDING_NO_VASP),
+                                                   ("CP2K", PENDING_NO_CP2K))}  # fmt: skip
     parts = [f"{n} {s}" for s, n in sorted(counts.items())]
-    if pending:
+    for engine, n in pending.items():
+        if not n:
+            continue
         reason = next(
             (d.get("dft_pending_reason") for d in docs if d.get("dft_pending_reason")), ""
         )
         parts.append(
-            f"no VASP here ({reason}): {pending} ready-to-submit DFT flows stored on the dft "
+            f"no {engine} here ({reason}): {n} ready-to-submit DFT flows stored on the dft "
             "documents (xtalforge.makers.dft.pending_dft_flows)"
         )
     return "DFT: " + ", ".join(parts)
