@@ -270,6 +270,44 @@ def report(args, settings) -> dict[str, Any]:
     return out
 
 
+def trace(args, structure_id: str) -> None:
+    """Print one candidate's chain: sample -> screen -> CP2K task -> DFT hull -> table row."""
+    from xtalforge.stores.documents import find
+    from xtalforge.stores.results import CampaignResults
+
+    res = CampaignResults.open(args.campaign, None, args.out)
+    h = res.history(structure_id)
+    docs = {d["stage"]: d for d in h["documents"]}
+    jobs = {j["uuid"]: j for j in h["jobs"]}
+    sample, screen, dft = docs.get("sample", {}), docs.get("screen", {}), docs.get("dft", {})
+    lin = sample.get("lineage", {})
+    print(f"sample  {structure_id} {sample.get('formula')}: checkpoint {lin.get('checkpoint_id')}"
+          f" sha256 {lin.get('checkpoint_sha256')}, {lin.get('samples_file')}"
+          f"[{lin.get('sample_index')}], job {jobs.get(sample.get('job_uuid'), {}).get('name')}")
+    print(f"screen  E_hull(MLIP) {screen.get('e_above_hull')} eV/atom, novel "
+          f"{screen.get('novel')}, mlip {screen.get('mlip', {}).get('name', screen.get('mlip'))},"
+          f" job {jobs.get(screen.get('job_uuid'), {}).get('name')}")
+    static_uuid = (dft.get("dft_task_uuids") or {}).get("static")
+    task = res.store.query_one({"uuid": static_uuid}, properties=["name", "output.dir_name",
+                                                                  "output.output.energy_per_atom",
+                                                                  "completed_at"])
+    print(f"CP2K    task {static_uuid} {task and task.get('name')}: E = "
+          f"{task and task['output']['output']['energy_per_atom']} eV/atom, dir "
+          f"{task and task['output']['dir_name']}, wall {dft.get('dft_wall_time_s')} s")
+    for r in dft.get("dft_references") or []:
+        ref = find(res._structures, {"stage": "dft_reference",
+                                     "reference_key": r.get("reference_key")})
+        print(f"  hull phase {r.get('formula')} {r.get('material_id')}: "
+              f"{r.get('energy_per_atom')} eV/atom, task {r.get('task_uuid')}, cached doc "
+              f"{ref[0]['doc_id'] if ref else None}")
+    print(f"DFT     E_hull(CP2K) {dft.get('dft_e_above_hull')} eV/atom, decomposition "
+          f"{dft.get('dft_decomposition')}, convention "
+          f"{(dft.get('dft_hull_convention') or {}).get('convention')}, settings "
+          f"{(dft.get('dft_engine_settings') or {}).get('fingerprint')}, job "
+          f"{jobs.get(dft.get('job_uuid'), {}).get('name')}")
+    print(f"row     mlip-vs-dft: ({screen.get('e_above_hull')}, {dft.get('dft_e_above_hull')})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pick", action="store_true", help="pick candidates from --samples")
@@ -285,6 +323,7 @@ def main() -> None:
     p.add_argument("--kpoint-density", type=int, default=100, help="k-points per atom")
     p.add_argument("--eps-scf", type=float, default=1e-5, help="CP2K EPS_SCF")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--trace", metavar="STRUCTURE_ID", help="print one candidate's chain")
     p.add_argument("--force-config", action="store_true",
                    help="resume the stored flow although the recorded configuration changed")
     args = p.parse_args()
@@ -292,6 +331,9 @@ def main() -> None:
     if not Path(args.mp20).is_dir():
         alt = Path("../shared/data/mp20")
         args.mp20 = str(alt.resolve()) if alt.is_dir() else args.mp20
+    if args.trace:
+        trace(args, args.trace)
+        return
     if args.pick:
         if not args.samples:
             p.error("--pick needs --samples")
