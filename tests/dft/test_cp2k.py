@@ -158,3 +158,31 @@ def test_cp2k_engine_from_campaign_config():
     assert m.collect_maker.settings["fingerprint"] == m.cp2k.fingerprint()
     with pytest.raises(ValueError, match=r"unknown dft.cp2k settings \['cutof'\]"):
         dft_maker_from_config({"engine": "cp2k", "mp20_dir": "x", "cp2k": {"cutof": 300}})
+
+
+def test_reference_energy_recovered_from_a_finished_static(mini_mp20, tmp_path):
+    """A run stopped between a reference static and its writer loses nothing."""
+    from xtalforge.dft.hull import reference_key
+    from xtalforge.makers.base import JobContext
+
+    store = build_job_store("memory")
+    store.connect()
+    ref = _diamond(5.47)
+    key = reference_key(ref, CHEAP.fingerprint())
+    store.docs_store.update([{"uuid": "u-ref", "index": 1, "name": "CP2K static ref Si",
+                              "metadata": {"structure_id": f"ref-{key}"},
+                              "output": {"state": "successful", "dir_name": "/runs/x",
+                                         "output": {"energy_per_atom": -107.1},
+                                         "run_stats": {"overall": {"total_time": 42.0}}}}],
+                            key=["uuid", "index"])
+    ctx = JobContext(store=store, job_uuid="j", job_name="dft validation", campaign_id="c",
+                     metadata={})
+    maker = DFTValidationMaker(engine="cp2k", cp2k=CHEAP, mp20_dir=str(tmp_path))
+    phase = {"material_id": "mp-149", "formula": "Si", "elemental": True,
+             "structure": ref.as_dict()}
+    found = maker._finished_reference_tasks(ctx, {key: phase, "other-key": phase}, set())
+    assert list(found) == [key]
+    assert found[key]["energy_per_atom"] == -107.1 and found[key]["dft_wall_time_s"] == 42.0
+    docs = find(ctx.structures, {"stage": "dft_reference"})
+    assert [d["reference_key"] for d in docs] == [key]
+    assert maker._finished_reference_tasks(ctx, {key: phase}, {key}) == {}

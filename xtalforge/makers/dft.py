@@ -910,8 +910,56 @@ class DFTValidationMaker(Maker):
                  "dft_status": "completed"},
             )  # fmt: skip
         }
+        cached.update(self._finished_reference_tasks(ctx, phases, set(cached)))
         todo = {k: ph for k, ph in phases.items() if k not in cached}
         return keys_of, cached, todo, missing_of
+
+    def _finished_reference_tasks(
+        self, ctx, phases: Mapping[str, Mapping[str, Any]], known: set[str]
+    ) -> dict[str, dict]:
+        """Return reference documents of reference statics that finished in the job store.
+
+        A run stopped after a reference static but before its ``dft reference`` writer (jobflow
+        runs the writers after every static of the flow) keeps the energy in the job store:
+        it is written to the cache here and not recomputed.
+        """
+        want = {f"ref-{k}": k for k in phases if k not in known}
+        if not want:
+            return {}
+        found: dict[str, dict] = {}
+        docs = ctx.store.query(
+            {"metadata.structure_id": {"$in": list(want)}, "output.state": "successful"},
+            properties=["uuid", "metadata", "output.output.energy_per_atom",
+                        "output.run_stats", "output.dir_name"],
+        )  # fmt: skip
+        for d in docs:
+            k = want[d["metadata"]["structure_id"]]
+            out = d.get("output") or {}
+            epa = get_path(out, "output", "energy_per_atom")
+            if k in found or epa is None or not math.isfinite(float(epa)):
+                continue
+            ph = phases[k]
+            rec = make_result_doc(
+                f"ref-{k}",
+                campaign_id=ctx.campaign_id,
+                stage=REFERENCE_STAGE,
+                job_uuid=d["uuid"],
+                job_name="CP2K static (recovered from the job store)",
+                reference_key=k,
+                material_id=ph.get("material_id"),
+                formula=ph.get("formula"),
+                elemental=ph.get("elemental"),
+                energy_per_atom=float(epa),
+                dft_status="completed",
+                dft_engine="cp2k",
+                dft_engine_settings=self.cp2k_settings_record(),
+                dft_wall_time_s=_cp2k_wall_time(out.get("run_stats")),
+                dft_task_dir=out.get("dir_name"),
+                task_uuid=d["uuid"],
+            )
+            bulk_upsert(ctx.structures, [rec])
+            found[k] = rec
+        return found
 
     # ------------------------------------------------------------------ the job
     @job(config=store_config(pass_manager_config=False))
