@@ -221,8 +221,9 @@ def report(args, settings) -> dict[str, Any]:
     df = res.to_dataframe()
     table = build_table("mlip-vs-dft", res, df=df)
     dft = [d for d in find(res._structures, {"campaign_id": args.campaign, "stage": "dft"})]
-    refs = find(res._structures, {"stage": "dft_reference",
-                                  "dft_engine_settings.fingerprint": settings.fingerprint()})
+    used = sorted({r.get("reference_key") for d in dft for r in d.get("dft_references") or []}
+                  - {None})
+    refs = find(res._structures, {"stage": "dft_reference", "reference_key": {"$in": used}})
     screen = {d["structure_id"]: d for d in find(res._structures, {
         "campaign_id": args.campaign, "stage": "screen"})}
     rows = []
