@@ -41,6 +41,7 @@ def test_settings_are_recorded_and_fingerprinted():
                                                kpoint_density=20).fingerprint()
     assert CHEAP.fingerprint() != Cp2kSettings(cutoff=200.0, rel_cutoff=30.0,
                                                kpoint_density=20).fingerprint()
+    assert Cp2kSettings(cutoff=300).fingerprint() == Cp2kSettings(cutoff=300.0).fingerprint()
     assert Cp2kSettings(kpoint_density=0).kpoints_settings() is None  # Gamma only
     s = CHEAP.input_settings(["Si"])
     assert s["smearing"] and not s["ot"] and s["spin_polarized"]

@@ -203,6 +203,15 @@ class Cp2kSettings:
     mixing_alpha: float = 0.3
     mixing_beta: float = 1.5
 
+    def __post_init__(self) -> None:
+        # one type per field, so that 300 and 300.0 (YAML, CLI) give one fingerprint
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+            elif f.type in ("int", int) and isinstance(v, float) and v.is_integer():
+                object.__setattr__(self, f.name, int(v))
+
     def record(self) -> dict[str, Any]:
         """Return the settings as a plain dict (recorded on every ``dft`` document)."""
         return {"engine": "cp2k", **dataclasses.asdict(self)}
