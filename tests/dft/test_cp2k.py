@@ -187,3 +187,19 @@ def test_reference_energy_recovered_from_a_finished_static(mini_mp20, tmp_path):
     docs = find(ctx.structures, {"stage": "dft_reference"})
     assert [d["reference_key"] for d in docs] == [key]
     assert maker._finished_reference_tasks(ctx, {key: phase}, {key}) == {}
+
+
+@needs_cp2k
+def test_relax_then_static_flow_is_built_and_tagged():
+    m = DFTValidationMaker(engine="cp2k", cp2k=CHEAP, mp20_dir="x", cp2k_relax=True)
+    flow, coll, uuids = m.cp2k_structure_flow(_diamond(5.5), "s1", "c1", {"dft_rank": 0},
+                                              [{"formula": "Si", "energy_per_atom": -1.0}])
+    names = [j.name for j in flow.jobs[0].jobs]
+    assert names == ["CP2K cell opt s1", "CP2K static s1"]
+    assert set(uuids) == {"relax", "static"}
+    assert coll.name == "dft collect s1"
+    assert all(j.metadata["structure_id"] == "s1" for j in flow.jobs[0].jobs)
+    gen = flow.jobs[0].jobs[1].maker.input_set_generator
+    assert gen.user_input_settings["cutoff"] == 150.0
+    assert gen.user_input_settings["basis_and_potential"]["Si"] == {
+        "basis": "DZVP-MOLOPT-SR-GTH", "potential": "GTH-PBE-q4"}
