@@ -12,4 +12,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 if [ -x scripts/start_slurm.sh ] && [ "${XTALFORGE_NO_SLURM:-0}" != 1 ]; then
   bash scripts/start_slurm.sh || echo "SLURM could not be started: its tests will be skipped"
 fi
+if [ -x scripts/install_cp2k.sh ] && [ "${XTALFORGE_NO_CP2K:-0}" != 1 ]; then
+  bash scripts/install_cp2k.sh || echo "CP2K could not be installed: its tests will be skipped"
+fi
 exec .venv/bin/python -m pytest "$@"

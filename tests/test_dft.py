@@ -255,6 +255,12 @@ def test_static_band_structure_dielectric_and_failed_run(si_refs, mock_vasp, tmp
     assert g["dft_status"] == "completed" and g["dft_errors"] == []
     assert g["dft_energy_per_atom"] == pytest.approx(SI_STATIC_EPA)
     assert g["dft_e_above_hull"] == pytest.approx(SI_STATIC_EPA - SI_MP_EPA, abs=1e-8)
+    # the engine and its settings, and both hull conventions, on the document
+    assert g["dft_engine"] == "vasp"
+    assert g["dft_engine_settings"]["cutoff_eV"] == 520
+    assert g["dft_engine_settings"]["pseudopotentials"]
+    assert g["dft_hull_convention"]["convention"] == "mp2020"
+    assert set(g["dft_hull_convention"]["conventions"]) == {"mp2020", "self-consistent"}
     gaps = g["dft_band_gaps"]
     assert set(gaps) == {"static", "uniform", "line"}
     assert g["dft_band_gap"] == pytest.approx(min(gaps.values()))

@@ -43,15 +43,10 @@ each structure's ``dft`` document (``dft_status="pending: no VASP"``, ``dft_flow
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import json
 import logging
 import math
-import os
-import shlex
-import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +54,24 @@ from typing import Any
 import numpy as np
 from jobflow import Flow, Job, Maker, OnMissing, Response
 
+from xtalforge.dft.cp2k import Cp2kSettings, configure_cp2k, cp2k_status
+from xtalforge.dft.hull import (
+    competing_phases,
+    dft_hull_analysis,
+    load_reference_entries,
+    reference_key,
+    self_consistent_hull,
+)
+from xtalforge.dft.selection import POLICIES, select_candidates
+from xtalforge.dft.tasks import (
+    failed_msg,
+    get_path,
+    incar_subset,
+    task_summary,
+    tensor_mean_eig,
+    vasp_available,
+    vasp_status,
+)
 from xtalforge.makers.base import (
     RESOURCE_KEY,
     ROUTES_KEY,
@@ -78,366 +91,26 @@ DFT_STAGE = "dft"
 DONE_STATUSES = ("completed",)
 FAILED_STATUSES = ("failed", "partial")
 PENDING_NO_VASP = "pending: no VASP"
-#: INCAR keys recorded on DFT documents (``dft_inputs``).
-INCAR_KEYS = (
-    "ENCUT",
-    "EDIFF",
-    "EDIFFG",
-    "ALGO",
-    "PREC",
-    "ISMEAR",
-    "SIGMA",
-    "ISPIN",
-    "LORBIT",
-    "LASPH",
-    "LREAL",
-    "NSW",
-    "IBRION",
-    "ISIF",
-    "ICHARG",
-    "LCHARG",
-    "LEPSILON",
-    "LPEAD",
-    "KSPACING",
-    "LDAU",
-    "LDAUU",
-    "GGA",
-    "METAGGA",
-    "NBANDS",
-)
+PENDING_NO_CP2K = "pending: no CP2K"
+#: Stage of the cached reference-phase energies of self-consistent DFT hulls.
+REFERENCE_STAGE = "dft_reference"
+ENGINES = ("vasp", "cp2k")
 #: Settings that MP2020-compatible energies require (checked on the static's inputs).
 MP_STATIC_SETTINGS = {"ENCUT": 520.0}
-POLICIES = ("msun_first", "ehull", "rank", "one_per_composition")
 
-
-# --------------------------------------------------------------------------- VASP availability
-def vasp_status(vasp_cmd: str | None = None) -> tuple[bool, str]:
-    """Return ``(available, reason)``: is the VASP command on PATH and are POTCARs configured.
-
-    Parameters
-    ----------
-    vasp_cmd
-        Command to check; default atomate2's ``SETTINGS.VASP_CMD`` (``~/.atomate2.yaml``,
-        ``$ATOMATE2_VASP_CMD``). The executable checked is the first token whose name contains
-        ``vasp`` (``srun -n 64 vasp_std`` -> ``vasp_std``), else the first token.
-    """
-    from atomate2 import SETTINGS
-    from pymatgen.core import SETTINGS as PMG_SETTINGS
-
-    cmd = vasp_cmd or SETTINGS.VASP_CMD
-    tokens = shlex.split(os.path.expandvars(cmd or ""))
-    exe = next((t for t in tokens if "vasp" in os.path.basename(t).lower()), None)
-    exe = exe or (tokens[0] if tokens else "")
-    problems = []
-    if not exe or shutil.which(exe) is None:
-        problems.append(f"VASP command {cmd!r}: {exe or '(empty)'!r} not found on PATH")
-    psp = os.environ.get("PMG_VASP_PSP_DIR") or PMG_SETTINGS.get("PMG_VASP_PSP_DIR")
-    if not psp:
-        problems.append("no POTCAR directory: PMG_VASP_PSP_DIR is not set")
-    elif not Path(os.path.expanduser(str(psp))).is_dir():
-        problems.append(f"PMG_VASP_PSP_DIR={psp} is not a directory")
-    if problems:
-        return False, "; ".join(problems)
-    return True, f"VASP command {cmd!r} ({shutil.which(exe)}), POTCARs in {psp}"
-
-
-def vasp_available(vasp_cmd: str | None = None) -> bool:
-    """Return whether VASP can run here (see :func:`vasp_status`)."""
-    return vasp_status(vasp_cmd)[0]
-
-
-# --------------------------------------------------------------------------- selection
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def select_candidates(
-    records: Iterable[Mapping[str, Any]],
-    policy: str = "msun_first",
-    k: int | None = 10,
-    one_per_composition: bool = True,
-    max_e_above_hull: float | None = None,
-    require_valid: bool = False,
-) -> list[dict[str, Any]]:
-    """Choose the structures to validate with DFT from screening records.
-
-    Parameters
-    ----------
-    records
-        Screening results merged with structure fields: ``structure_id``, ``e_above_hull``,
-        ``msun``, ``sun``, ``unique``, ``novel``, ``rank``, ``reduced_formula`` (or
-        ``formula``), ``struct_valid``, ``smact_valid``.
-    policy
-        ``"msun_first"``: mSUN, then SUN, then other unique-and-novel, then the rest, each by
-        increasing MLIP energy above hull. ``"ehull"``: by MLIP energy above hull only.
-        ``"rank"``: by the screening stage's ``rank`` (records without one are left out).
-        ``"one_per_composition"``: ``"ehull"`` with ``one_per_composition=True``.
-    k
-        Budget: at most ``k`` structures (``None``: no limit).
-    one_per_composition
-        Keep only the best structure of each reduced formula.
-    max_e_above_hull
-        Leave out records above this MLIP energy above hull (eV/atom).
-    require_valid
-        Leave out records that are not structurally and SMACT valid.
-
-    Returns
-    -------
-    list of dict
-        Copies of the chosen records, best first, with ``dft_rank`` (0 = best). Records
-        without a finite energy above hull are never chosen by the energy policies.
-    """
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, not {policy!r}")
-    if policy == "one_per_composition":
-        policy, one_per_composition = "ehull", True
-    pool = []
-    for r in records:
-        e = r.get("e_above_hull")
-        if policy == "rank":
-            if not isinstance(r.get("rank"), int) or isinstance(r.get("rank"), bool):
-                continue
-        elif not _finite(e):
-            continue
-        if max_e_above_hull is not None and not (_finite(e) and e <= max_e_above_hull):
-            continue
-        if require_valid and not (r.get("struct_valid", True) and r.get("smact_valid", True)):
-            continue
-        pool.append(r)
-
-    def ehull(r: Mapping[str, Any]) -> float:
-        e = r.get("e_above_hull")
-        return float(e) if _finite(e) else math.inf
-
-    def key(r: Mapping[str, Any]) -> tuple:
-        tie = str(r.get("structure_id", ""))
-        if policy == "rank":
-            return (r["rank"], tie)
-        if policy == "msun_first":
-            un = bool(r.get("unique")) and bool(r.get("novel"))
-            return (not bool(r.get("msun")), not bool(r.get("sun")), not un, ehull(r), tie)
-        return (ehull(r), tie)
-
-    out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for r in sorted(pool, key=key):
-        comp = r.get("reduced_formula") or r.get("formula")
-        if one_per_composition and comp is not None:
-            if comp in seen:
-                continue
-            seen.add(comp)
-        out.append({**r, "dft_rank": len(out)})
-        if k is not None and len(out) >= k:
-            break
-    return out
-
-
-# --------------------------------------------------------------------------- hull
-@functools.lru_cache(maxsize=8)
-def _load_entries_cached(paths: tuple[str, ...]) -> tuple[list, str]:
-    from monty.serialization import loadfn
-    from pymatgen.entries.computed_entries import ComputedEntry
-
-    entries: list = []
-    h = hashlib.sha256()
-    for p in paths:
-        path = Path(p).expanduser()
-        h.update(path.read_bytes())
-        obj = loadfn(path)
-        if isinstance(obj, Mapping) and "entries" in obj and not hasattr(obj, "energy"):
-            obj = obj["entries"]
-        if hasattr(obj, "all_entries"):  # a PhaseDiagram / PatchedPhaseDiagram
-            obj = list(obj.all_entries)
-        items = obj.values() if isinstance(obj, Mapping) else obj
-        for e in items:
-            if isinstance(e, Mapping):
-                from monty.json import MontyDecoder
-
-                e = MontyDecoder().process_decoded(e)
-            if not isinstance(e, ComputedEntry):
-                raise TypeError(f"{path}: expected ComputedEntry objects, got {type(e).__name__}")
-            entries.append(e)
-    return entries, h.hexdigest()[:16]
-
-
-def load_reference_entries(paths: Sequence[str | os.PathLike]) -> tuple[list, str]:
-    """Load reference entries (``ComputedEntry`` / ``ComputedStructureEntry``) from files.
-
-    Each file (pymatgen ``loadfn``: JSON, JSON.gz, YAML) holds a list or a dict of entries (e.g.
-    matbench-discovery's 89 MP elemental ground states), a dict with ``"entries"``, or a
-    (Patched)PhaseDiagram. Returns ``(entries, fingerprint)``.
-    """
-    return _load_entries_cached(tuple(str(Path(p).expanduser().resolve()) for p in paths))
-
-
-def dft_hull_analysis(
-    entry: Any,
-    structure: Any,
-    reference_entries: Sequence[Any],
-    correction: str = "MP2020",
-    check_potcar: bool = True,
-    process_reference: bool = False,
-    entry_id: str | None = None,
-) -> dict[str, Any]:
-    """Return the DFT energy above the reference hull of one task entry.
-
-    Parameters
-    ----------
-    entry
-        The task document's ``entry`` (ComputedEntry or its dict): uncorrected energy and the
-        ``parameters`` (run type, Hubbard U, POTCARs) the compatibility scheme checks.
-    structure
-        The calculation's final structure; with it the entry becomes a ComputedStructureEntry
-        (MP2020 needs it to tell oxides, peroxides and superoxides apart).
-    reference_entries
-        Entries on the same (corrected) scale: MP entries are already MP2020-corrected.
-    correction
-        ``"MP2020"`` (MaterialsProject2020Compatibility) or ``"none"``.
-    check_potcar
-        Passed to MaterialsProject2020Compatibility.
-    process_reference
-        Also pass the reference entries through the compatibility scheme (raw entries).
-    entry_id
-        Id given to the entry.
-
-    Returns
-    -------
-    dict
-        ``e_above_hull`` (eV/atom, signed: negative = below the reference hull),
-        ``formation_energy_per_atom``, ``corrected_energy_per_atom``, ``correction_per_atom``,
-        ``decomposition`` (``{formula: fraction}``), ``errors``, ``warnings``.
-    """
-    from monty.json import MontyDecoder
-    from pymatgen.analysis.phase_diagram import PhaseDiagram
-    from pymatgen.core import Structure
-    from pymatgen.entries.computed_entries import ComputedStructureEntry
-
-    out: dict[str, Any] = {
-        "e_above_hull": None,
-        "formation_energy_per_atom": None,
-        "corrected_energy_per_atom": None,
-        "correction_per_atom": None,
-        "decomposition": None,
-        "errors": [],
-        "warnings": [],
-    }
-    if isinstance(entry, Mapping):
-        entry = MontyDecoder().process_decoded(dict(entry))
-    if isinstance(structure, Mapping):
-        structure = Structure.from_dict(structure)
-    if entry is None:
-        out["errors"].append("hull: the static task document has no entry")
-        return out
-    if structure is not None:
-        entry = ComputedStructureEntry(
-            structure,
-            entry.uncorrected_energy,
-            parameters=dict(entry.parameters or {}),
-            data=dict(entry.data or {}),
-            entry_id=entry_id or entry.entry_id,
-        )
-    refs = list(reference_entries)
-    if correction == "MP2020":
-        from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
-
-        compat = MaterialsProject2020Compatibility(check_potcar=check_potcar)
-        processed = compat.process_entry(entry)
-        if processed is None:
-            out["errors"].append(
-                "hull: MaterialsProject2020Compatibility rejected the entry (run type "
-                f"{entry.parameters.get('run_type')!r}, Hubbard "
-                f"{entry.parameters.get('hubbards')}, POTCARs "
-                f"{[p.get('titel') for p in entry.parameters.get('potcar_spec') or []]})"
-            )
-            return out
-        entry = processed
-        if process_reference:
-            refs = [e for e in compat.process_entries(refs, verbose=False) if e is not None]
-    elif correction != "none":
-        raise ValueError("correction must be 'MP2020' or 'none'")
-    out["corrected_energy_per_atom"] = entry.energy_per_atom
-    out["correction_per_atom"] = entry.correction_per_atom
-    elements = {el.symbol for el in entry.composition.elements}
-    if not refs:
-        out["errors"].append("hull: no reference entries configured (hull_entries)")
-        return out
-    chem = [e for e in refs if {el.symbol for el in e.composition.elements} <= elements]
-    have = {e.composition.elements[0].symbol for e in chem if e.composition.is_element}
-    missing = sorted(elements - have)
-    if missing:
-        out["errors"].append(
-            f"hull: the reference hull lacks the chemical system {'-'.join(sorted(elements))} "
-            f"(no elemental reference for {', '.join(missing)})"
-        )
-        return out
-    if len(elements) > 1 and not any(len(e.composition.elements) > 1 for e in chem):
-        out["warnings"].append(
-            f"hull: no compound reference entries in {'-'.join(sorted(elements))}: the energy "
-            "above hull is relative to the elements only"
-        )
-    pd = PhaseDiagram(chem)
-    decomp, ehull = pd.get_decomp_and_e_above_hull(entry, allow_negative=True)
-    out["e_above_hull"] = float(ehull)
-    out["formation_energy_per_atom"] = float(pd.get_form_energy_per_atom(entry))
-    out["decomposition"] = {
-        d.composition.reduced_formula: float(frac) for d, frac in (decomp or {}).items()
-    }
-    return out
-
-
-# --------------------------------------------------------------------------- collector
-def _get(obj: Any, *path: str | int) -> Any:
-    """Walk attributes / keys / indices of resolved task-document parts (objects or dicts)."""
-    for p in path:
-        if obj is None:
-            return None
-        if isinstance(p, int):
-            try:
-                obj = obj[p]
-            except (IndexError, KeyError, TypeError):
-                return None
-        elif isinstance(obj, Mapping):
-            obj = obj.get(p)
-        else:
-            obj = getattr(obj, p, None)
-    return obj
-
-
-def _incar_subset(incar: Any) -> dict[str, Any]:
-    if incar is None:
-        return {}
-    d = dict(incar) if not isinstance(incar, Mapping) else dict(incar.items())
-    return {k: d[k] for k in INCAR_KEYS if k in d}
-
-
-def _tensor_mean_eig(t: Any) -> float | None:
-    if t is None:
-        return None
-    a = np.asarray(t, dtype=float)
-    if a.shape != (3, 3) or not np.all(np.isfinite(a)):
-        return None
-    return float(np.mean(np.linalg.eigvalsh(0.5 * (a + a.T))))
-
-
-def _failed_msg(kind: str, task: Mapping[str, Any], extra: str = "") -> str:
-    return (
-        f"DFT failed: {kind} job {task.get('name')!r} ({task.get('uuid')}) produced no output "
-        f"(the VASP job failed or was stopped; see its run directory){extra}"
-    )
-
-
-def _task_summary(kind: str, task: Mapping[str, Any], errors: list[str]) -> dict[str, Any] | None:
-    """Return the resolved parts of one task, or ``None`` (and an error) when it failed."""
-    out = task.get("output") or {}
-    state = _get(out, "state")
-    if state is None:
-        errors.append(_failed_msg(kind, task))
-        return None
-    state = getattr(state, "value", state)
-    if str(state) != "successful":
-        errors.append(f"DFT failed: {kind} task {task.get('uuid')} finished in state {state!r}")
-        return None
-    return out
+__all__ = [
+    "DFTCollectMaker",
+    "DFTValidationMaker",
+    "POLICIES",
+    "dft_hull_analysis",
+    "dft_maker_from_config",
+    "dft_status_line",
+    "load_reference_entries",
+    "pending_dft_flows",
+    "select_candidates",
+    "vasp_available",
+    "vasp_status",
+]
 
 
 @dataclass
@@ -458,6 +131,12 @@ class DFTCollectMaker(Maker):
         MaterialsProject2020Compatibility's POTCAR check.
     process_reference
         Pass reference entries through the correction scheme too (for raw, uncorrected ones).
+    engine
+        ``"vasp"`` (MP2020-corrected energies against MP's scale) or ``"cp2k"`` (the
+        self-consistent hull of references computed with the same settings).
+    settings
+        The engine's settings, recorded on every document (``dft_engine_settings``); for CP2K
+        :meth:`Cp2kSettings.record` with its fingerprint.
     """
 
     name: str = "dft collect"
@@ -465,10 +144,40 @@ class DFTCollectMaker(Maker):
     correction: str = "MP2020"
     check_potcar: bool = True
     process_reference: bool = False
+    engine: str = "vasp"
+    settings: dict | None = None
 
     def hull_convention(self, fingerprint: str | None = None, n: int | None = None) -> dict:
-        """Describe the hull the energies above hull are computed against."""
+        """Describe the hull the energies above hull are computed against.
+
+        ``convention`` is ``"mp2020"`` (VASP path: corrected energies on MP's scale) or
+        ``"self-consistent"`` (CP2K path: every phase computed with one engine and one set of
+        settings); ``conventions`` names both, so that tables never mix them.
+        """
+        conventions = {
+            "mp2020": "VASP static, MaterialsProject2020Compatibility, against MP's corrected "
+            "entries",
+            "self-consistent": "candidate and the MP-20 hull phases of its chemical system "
+            "(elemental ground states included) recomputed with one engine and one settings "
+            "fingerprint; no corrections",
+        }
+        if self.engine == "cp2k":
+            return {
+                "convention": "self-consistent",
+                "conventions": conventions,
+                "energy": "CP2K total energy of the static (atomate2 CP2K task document)",
+                "engine": "cp2k",
+                "settings_fingerprint": (self.settings or {}).get("fingerprint"),
+                "reference_set": "MP-20 hull phases (MP-20-only hull of the 45,229 MP-20 "
+                "formation energies) with structures in MP-20 val/test",
+                "n_reference_entries": n,
+                "correction": "none",
+                "signed": True,
+            }
         return {
+            "convention": "mp2020",
+            "conventions": conventions,
+            "engine": "vasp",
             "energy": "VASP total energy of the static (atomate2 task entry)",
             "correction": (
                 "MaterialsProject2020Compatibility" if self.correction == "MP2020" else "none"
@@ -482,7 +191,13 @@ class DFTCollectMaker(Maker):
         }
 
     @stage_job(resource="cpu", on_missing_references=OnMissing.NONE)
-    def make(self, structure_id: str, tasks: dict[str, Any], info: dict[str, Any]) -> dict:
+    def make(
+        self,
+        structure_id: str,
+        tasks: dict[str, Any],
+        info: dict[str, Any],
+        references: list[dict[str, Any]] | None = None,
+    ) -> dict:
         """Compute the DFT fields of one structure and write its ``dft`` document.
 
         Parameters
@@ -495,6 +210,11 @@ class DFTCollectMaker(Maker):
             Parts of failed jobs resolve to ``None``.
         info
             Bookkeeping copied to the document (``dft_rank``, structure source, policy).
+        references
+            CP2K path: the reference phases of the candidate's self-consistent hull, each the
+            output of a reference job or a cached ``dft_reference`` document
+            (``reference_key``, ``material_id``, ``formula``, ``energy_per_atom``,
+            ``dft_status``); ``None`` when a reference job failed.
 
         Returns
         -------
@@ -502,7 +222,10 @@ class DFTCollectMaker(Maker):
             The document's DFT fields (``dft_status``, ``dft_e_above_hull`` ...).
         """
         ctx = job_context(store=campaign_store())
-        doc = self.collect(structure_id, tasks, info)
+        if self.engine == "cp2k":
+            doc = self.collect_cp2k(structure_id, tasks, info, references or [])
+        else:
+            doc = self.collect(structure_id, tasks, info)
         rec = make_result_doc(
             structure_id,
             campaign_id=ctx.campaign_id,
@@ -522,6 +245,102 @@ class DFTCollectMaker(Maker):
             rec.get("dft_eps_elec"),
         )
         return {k: v for k, v in rec.items() if k not in ("created_at", "last_updated", "_id")}
+
+    def collect_cp2k(
+        self,
+        structure_id: str,
+        tasks: Mapping[str, Any],
+        info: Mapping[str, Any],
+        references: Sequence[Mapping[str, Any] | None],
+    ) -> dict[str, Any]:
+        """Return the DFT fields of a CP2K static on the self-consistent hull (see :meth:`make`)."""
+        errors: list[str] = []
+        warnings: list[str] = []
+        static_t = tasks["static"]
+        uuids: dict[str, Any] = {"static": static_t["uuid"]}
+        doc: dict[str, Any] = {
+            "dft_engine": "cp2k",
+            "dft_engine_settings": dict(self.settings or {}),
+            "dft_energy_per_atom": None,
+            "dft_formation_energy_per_atom": None,
+            "dft_e_above_hull": None,
+            "dft_decomposition": None,
+            "dft_band_gap": None,
+            "dft_band_gaps": {},
+            "dft_references": [],
+        }
+        for r in tasks.get("relax") or []:
+            uuids.setdefault("relax", []).append(r["uuid"])
+            if get_path(r, "output", "state") is None:
+                errors.append(failed_msg("relax", r))
+        static = task_summary("static", static_t, errors)
+        refs_ok = []
+        for r in references:
+            if r is None:
+                errors.append("hull: a reference-phase job produced no output")
+                continue
+            doc["dft_references"].append(
+                {k: r.get(k) for k in ("material_id", "formula", "energy_per_atom",
+                                       "reference_key", "dft_status", "task_uuid")}
+            )  # fmt: skip
+            if r.get("dft_status") != "completed":
+                errors.append(
+                    f"hull: reference {r.get('formula')} ({r.get('material_id')}) "
+                    f"{r.get('dft_status')}: {'; '.join(r.get('errors') or [])}"
+                )
+            else:
+                refs_ok.append(r)
+        if static is not None:
+            out = get_path(static, "output")
+            structure = get_path(out, "structure")
+            doc["dft_energy_per_atom"] = get_path(out, "energy_per_atom")
+            gap = get_path(out, "bandgap")
+            if gap is not None:
+                doc["dft_band_gaps"]["static"] = float(gap)
+                doc["dft_band_gap"] = float(gap)
+                doc["dft_band_gap_source"] = "static"
+            kinds = get_path(static, "input", "atomic_kind_info", "atomic_kinds") or {}
+            doc["dft_inputs"] = {
+                "static": {
+                    "xc": get_path(static, "input", "xc"),
+                    "atomic_kinds": {
+                        k: {"basis": get_path(v, "basis"), "potential": get_path(v, "potential")}
+                        for k, v in dict(kinds).items()
+                    },
+                }
+            }
+            doc["dft_wall_time_s"] = _cp2k_wall_time(get_path(static, "run_stats"))
+            comp = (
+                (structure.composition if hasattr(structure, "composition") else None)
+                or info.get("composition")
+            )
+            hull = self_consistent_hull(
+                comp, doc["dft_energy_per_atom"], refs_ok, entry_id=structure_id
+            )
+            errors += hull["errors"]
+            warnings += hull["warnings"]
+            doc["dft_e_above_hull"] = hull["e_above_hull"]
+            doc["dft_formation_energy_per_atom"] = hull["formation_energy_per_atom"]
+            doc["dft_decomposition"] = hull["decomposition"]
+            doc["dft_task_dirs"] = {"static": get_path(static, "dir_name")}
+        doc["dft_hull_convention"] = self.hull_convention(n=len(refs_ok))
+        if static is None:
+            status = "failed"
+        elif doc["dft_e_above_hull"] is None:
+            status = "partial"
+        else:
+            status = "completed"
+        doc.update(
+            {
+                "dft_status": status,
+                "dft_task_uuids": uuids,
+                "dft_calculations": ["static"],
+                "dft_warnings": warnings,
+                "errors": errors,
+                **dict(info),
+            }
+        )
+        return doc
 
     def collect(
         self, structure_id: str, tasks: Mapping[str, Any], info: Mapping[str, Any]
@@ -548,20 +367,21 @@ class DFTCollectMaker(Maker):
         }
         for r in tasks.get("relax") or []:
             uuids.setdefault("relax", []).append(r["uuid"])
-            if _get(r, "output", "state") is None:
-                errors.append(_failed_msg("relax", r))
+            if get_path(r, "output", "state") is None:
+                errors.append(failed_msg("relax", r))
         static_t = tasks["static"]
         uuids["static"] = static_t["uuid"]
-        static = _task_summary("static", static_t, errors)
+        static = task_summary("static", static_t, errors)
         if static is not None:
-            dirs["static"] = _get(static, "dir_name")
-            inp = _get(static, "input")
+            dirs["static"] = get_path(static, "dir_name")
+            inp = get_path(static, "input")
             inputs["static"] = {
-                **_incar_subset(_get(inp, "incar")),
-                "nkpoints": _get(inp, "nkpoints"),
-                "potcars": _get(inp, "potcar"),
+                **incar_subset(get_path(inp, "incar")),
+                "nkpoints": get_path(inp, "nkpoints"),
+                "potcars": get_path(inp, "potcar"),
                 "calc_type": str(
-                    getattr(_get(static, "calc_type"), "value", None) or _get(static, "calc_type")
+                    getattr(get_path(static, "calc_type"), "value", None)
+                    or get_path(static, "calc_type")
                 ),
             }
             for key, want in MP_STATIC_SETTINGS.items():
@@ -571,17 +391,17 @@ class DFTCollectMaker(Maker):
                         f"static {key}={got} differs from the MP setting {want}: the energy "
                         "above the MP hull may not be comparable"
                     )
-            out = _get(static, "output")
-            doc["dft_energy_per_atom"] = _get(out, "energy_per_atom")
-            gap = _get(out, "bandgap")
+            out = get_path(static, "output")
+            doc["dft_energy_per_atom"] = get_path(out, "energy_per_atom")
+            gap = get_path(out, "bandgap")
             if gap is not None:
                 doc["dft_band_gaps"]["static"] = float(gap)
             refs, fp = (
                 load_reference_entries(self.hull_entries) if self.hull_entries else ([], None)
             )
             hull = dft_hull_analysis(
-                _get(static, "entry"),
-                _get(static, "structure") or _get(out, "structure"),
+                get_path(static, "entry"),
+                get_path(static, "structure") or get_path(out, "structure"),
                 refs,
                 correction=self.correction,
                 check_potcar=self.check_potcar,
@@ -607,39 +427,39 @@ class DFTCollectMaker(Maker):
                 errors.append(f"DFT skipped: band structure ({kind}) needs the static")
                 ok[kind] = False
                 continue
-            res = _task_summary(f"band structure ({kind})", t, errors)
+            res = task_summary(f"band structure ({kind})", t, errors)
             ok[kind] = res is not None
             if res is None:
                 continue
-            dirs[kind] = _get(res, "dir_name")
-            inputs[kind] = _incar_subset(_get(res, "input", "incar"))
-            gap = _get(res, "output", "bandgap")
+            dirs[kind] = get_path(res, "dir_name")
+            inputs[kind] = incar_subset(get_path(res, "input", "incar"))
+            gap = get_path(res, "output", "bandgap")
             if gap is not None:
                 doc["dft_band_gaps"][kind] = float(gap)
-            direct = _get(res, "is_gap_direct")
+            direct = get_path(res, "is_gap_direct")
             if direct is not None and kind == "uniform":
                 doc["dft_is_gap_direct"] = bool(direct)
         t = tasks.get("dielectric")
         if t is not None:
             enabled.append("dielectric")
             uuids["dielectric"] = t["uuid"]
-            res = _task_summary("dielectric", t, errors) if static is not None else None
+            res = task_summary("dielectric", t, errors) if static is not None else None
             if static is None:
                 errors.append("DFT skipped: dielectric needs the static's structure")
             ok["dielectric"] = res is not None
             if res is not None:
-                dirs["dielectric"] = _get(res, "dir_name")
-                inputs["dielectric"] = _incar_subset(_get(res, "input", "incar"))
-                eps = _get(res, "epsilon_static")
-                doc["dft_eps_elec"] = _tensor_mean_eig(eps)
-                doc["dft_eps_ionic"] = _tensor_mean_eig(_get(res, "epsilon_ionic"))
+                dirs["dielectric"] = get_path(res, "dir_name")
+                inputs["dielectric"] = incar_subset(get_path(res, "input", "incar"))
+                eps = get_path(res, "epsilon_static")
+                doc["dft_eps_elec"] = tensor_mean_eig(eps)
+                doc["dft_eps_ionic"] = tensor_mean_eig(get_path(res, "epsilon_ionic"))
                 doc["dft_dielectric_tensor"] = (
                     np.asarray(eps, dtype=float).tolist() if eps is not None else None
                 )
                 if doc["dft_eps_elec"] is None:
                     errors.append("dielectric: no epsilon_static in the task document")
                 if "static" not in doc["dft_band_gaps"]:
-                    gap = _get(res, "output", "bandgap")
+                    gap = get_path(res, "output", "bandgap")
                     if gap is not None:
                         doc["dft_band_gaps"]["dielectric"] = float(gap)
         gaps = doc["dft_band_gaps"]
@@ -671,7 +491,83 @@ class DFTCollectMaker(Maker):
             }
         )
         doc.setdefault("dft_hull_convention", self.hull_convention())
+        doc["dft_engine"] = "vasp"
+        doc["dft_engine_settings"] = {
+            "engine": "vasp",
+            "functional": "PBE(+U), MP settings (MPStaticSet)",
+            "pseudopotentials": (inputs.get("static") or {}).get("potcars"),
+            "cutoff_eV": (inputs.get("static") or {}).get("ENCUT"),
+            "kpoints": (inputs.get("static") or {}).get("nkpoints"),
+            **dict(self.settings or {}),
+        }
         return doc
+
+
+def _cp2k_wall_time(run_stats: Any) -> float | None:
+    """Return the CP2K run time (s) from an atomate2 CP2K task's ``run_stats``."""
+    if not run_stats:
+        return None
+    total = get_path(run_stats, "overall", "total_time")
+    if total is None:
+        vals = [get_path(v, "total_time") for v in dict(run_stats).values()]
+        vals = [v for v in vals if isinstance(v, (int, float))]
+        total = sum(vals) if vals else None
+    return float(total) if total is not None else None
+
+
+@stage_job(resource="cpu", on_missing_references=OnMissing.NONE)
+def dft_reference(
+    key: str,
+    phase: dict[str, Any],
+    task: dict[str, Any],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Write one reference phase's energy (``stage="dft_reference"``) to the cache.
+
+    Parameters
+    ----------
+    key
+        The cache key (:func:`~xtalforge.dft.hull.reference_key`: structure and settings).
+    phase
+        ``{material_id, formula, elemental}`` of the MP-20 hull phase.
+    task
+        ``{"uuid", "name", "output": {resolved parts of the static}}``.
+    settings
+        The engine settings (recorded; their fingerprint is part of ``key``).
+
+    Returns
+    -------
+    dict
+        The reference document's fields (``energy_per_atom``, ``dft_status`` ...).
+    """
+    ctx = job_context(store=campaign_store())
+    errors: list[str] = []
+    static = task_summary(f"reference {phase.get('formula')}", task, errors)
+    out = get_path(static, "output")
+    epa = get_path(out, "energy_per_atom")
+    status = "completed" if epa is not None and math.isfinite(float(epa)) else "failed"
+    rec = make_result_doc(
+        f"ref-{key}",
+        campaign_id=ctx.campaign_id,
+        stage=REFERENCE_STAGE,
+        job_uuid=ctx.job_uuid,
+        job_name=ctx.job_name,
+        errors=errors,
+        reference_key=key,
+        material_id=phase.get("material_id"),
+        formula=phase.get("formula"),
+        elemental=phase.get("elemental"),
+        energy_per_atom=float(epa) if status == "completed" else None,
+        dft_status=status,
+        dft_engine="cp2k",
+        dft_engine_settings=settings,
+        dft_wall_time_s=_cp2k_wall_time(get_path(static, "run_stats")),
+        dft_task_dir=get_path(static, "dir_name"),
+        task_uuid=task.get("uuid"),
+    )
+    bulk_upsert(ctx.structures, [rec])
+    logger.info("dft reference %s (%s): %s %s", phase.get("formula"), key, status, epa)
+    return {k: v for k, v in rec.items() if k not in ("created_at", "last_updated", "_id")}
 
 
 @stage_job(resource="cpu", on_missing_references=OnMissing.NONE)
@@ -743,6 +639,19 @@ class DFTValidationMaker(Maker):
         ones are never recomputed; pending and interrupted ones always are).
     screen_stage
         Stage name of the screening documents.
+    engine
+        ``"vasp"`` (the atomate2 VASP makers above, MP2020-corrected hull) or ``"cp2k"``
+        (atomate2's CP2K ``StaticMaker`` with ``cp2k`` settings and custodian; the energy
+        above the self-consistent hull of the MP-20 hull phases of each candidate's chemical
+        system, computed once with the same settings and cached in the store by (structure,
+        settings)). ``when_no_vasp`` applies to CP2K the same way.
+    cp2k
+        CP2K settings (functional, basis, pseudopotentials, cutoff, k-points, smearing).
+    cp2k_relax
+        CP2K path: relax cell and positions (atomate2 ``CellOptMaker``) before the static of
+        each candidate (the reference phases are MP-relaxed structures and are not relaxed).
+    mp20_dir
+        CP2K path: folder of the MP-20 data (:func:`~xtalforge.dft.hull.competing_phases`).
     """
 
     name: str = "dft validation"
@@ -760,8 +669,28 @@ class DFTValidationMaker(Maker):
     when_no_vasp: str = "store"
     retry_failed: bool = False
     screen_stage: str = "screen"
+    engine: str = "vasp"
+    cp2k: Cp2kSettings = field(default_factory=Cp2kSettings)
+    cp2k_relax: bool = False
+    mp20_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.cp2k, Mapping):  # from YAML or a stored record
+            names = {f.name for f in dataclasses.fields(Cp2kSettings)}
+            self.cp2k = Cp2kSettings(**{k: v for k, v in self.cp2k.items() if k in names})
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
+        if self.engine == "cp2k" and not self.mp20_dir:
+            raise ValueError(
+                "engine='cp2k' needs mp20_dir (the MP-20 data whose hull phases make the "
+                "self-consistent DFT hull)"
+            )
+        if self.engine == "cp2k" and (
+            self.collect_maker.engine != "cp2k" or not self.collect_maker.settings
+        ):
+            self.collect_maker = dataclasses.replace(
+                self.collect_maker, engine="cp2k", settings=self.cp2k_settings_record()
+            )
         if self.when_no_vasp not in ("store", "run", "error"):
             raise ValueError("when_no_vasp must be 'store', 'run' or 'error'")
         if self.structure_source not in ("relaxed", "generated"):
@@ -866,6 +795,173 @@ class DFTValidationMaker(Maker):
         }
         return flow, collector, uuids
 
+    def _tag(self, flow: Flow | Job, campaign_id: str, structure_id: str, kind: str) -> None:
+        for j in iter_jobs(flow):
+            j.metadata.update(
+                {
+                    RESOURCE_KEY: kind,
+                    "campaign_id": campaign_id,
+                    "structure_id": structure_id,
+                    "xtalforge_stage": DFT_STAGE,
+                }
+            )
+
+    def cp2k_settings_record(self) -> dict[str, Any]:
+        """Return the CP2K settings recorded on documents (with their fingerprint)."""
+        return {**self.cp2k.record(), "fingerprint": self.cp2k.fingerprint()}
+
+    def reference_flow(
+        self, key: str, phase: Mapping[str, Any], campaign_id: str
+    ) -> tuple[Flow, Job]:
+        """Build the CP2K static of one reference phase and its cache writer."""
+        from pymatgen.core import Structure
+
+        structure = Structure.from_dict(phase["structure"])
+        label = f"ref {phase['formula']} {phase['material_id']}"
+        static = self.cp2k.static_maker([el.symbol for el in structure.composition.elements]).make(
+            structure
+        )
+        static.name = f"CP2K static {label}"
+        task = {"uuid": static.uuid, "name": static.name, "output": _cp2k_static_refs(static)}
+        meta = {k: phase.get(k) for k in ("material_id", "formula", "elemental")}
+        writer = dft_reference(key, meta, task, self.cp2k_settings_record())
+        writer.name = f"dft reference {label}"
+        flow = Flow([static, writer], output=writer.output, name=label)
+        self._tag(static, campaign_id, f"ref-{key}", "vasp")
+        self._tag(writer, campaign_id, f"ref-{key}", "cpu")
+        return flow, writer
+
+    def cp2k_structure_flow(
+        self,
+        structure: Any,
+        structure_id: str,
+        campaign_id: str,
+        info: Mapping[str, Any] | None,
+        references: Sequence[Any],
+    ) -> tuple[Flow, Job, dict[str, Any]]:
+        """Build one candidate's CP2K flow ([cell opt] -> static -> collector).
+
+        ``references`` are the outputs of reference jobs or cached reference documents.
+        """
+        elements = [el.symbol for el in structure.composition.elements]
+        jobs: list[Job | Flow] = []
+        tasks: dict[str, Any] = {}
+        structure_in = structure
+        if self.cp2k_relax:
+            relax = self.cp2k.relax_maker(elements).make(structure)
+            jobs.append(relax)
+            tasks["relax"] = [{"uuid": relax.uuid, "name": None,
+                               "output": {"state": relax.output.state}}]  # fmt: skip
+            structure_in = relax.output.structure
+        static = self.cp2k.static_maker(elements).make(structure_in)
+        if self.cp2k_relax:
+            static.config = dataclasses.replace(
+                static.config, on_missing_references=OnMissing.NONE
+            )
+        jobs.append(static)
+        tasks["static"] = {"uuid": static.uuid, "output": _cp2k_static_refs(static)}
+        dft_flow = Flow(jobs, name=f"dft {structure_id}")
+        dft_flow.append_name(f" {structure_id}", dynamic=False)
+        self._tag(dft_flow, campaign_id, structure_id, "vasp")
+        names = {j.uuid: j.name for j in iter_jobs(dft_flow)}
+        for t in tasks.values():
+            for tt in t if isinstance(t, list) else [t]:
+                tt["name"] = names.get(tt["uuid"])
+        info = {**dict(info or {}), "composition": structure.composition.formula}
+        collector = self.collect_maker.make(structure_id, tasks, info, list(references))
+        collector.name = f"{self.collect_maker.name} {structure_id}"
+        self._tag(collector, campaign_id, structure_id, "cpu")
+        flow = Flow([dft_flow, collector], output=collector.output, name=f"dft {structure_id}")
+        uuids = {
+            k: ([x["uuid"] for x in v] if isinstance(v, list) else v["uuid"])
+            for k, v in tasks.items()
+        }
+        return flow, collector, uuids
+
+    def _reference_plan(
+        self, ctx, chosen: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, list[str]], dict[str, dict], dict[str, dict], dict[str, list]]:
+        """Return the reference phases of each candidate, the cached and the ones to compute.
+
+        Returns ``(keys_of, cached, todo, missing_of)``: the cache keys of each candidate's
+        hull phases, cached reference documents by key (any campaign: the key fixes structure
+        and settings), the phases to compute by key, and the hull phases without a structure.
+        """
+        fp = self.cp2k.fingerprint()
+        keys_of: dict[str, list[str]] = {}
+        phases: dict[str, dict] = {}
+        missing_of: dict[str, list] = {}
+        for r in chosen:
+            s = r.get("_structure")
+            if s is None:
+                continue
+            cp = competing_phases([el.symbol for el in s.composition.elements], self.mp20_dir)
+            keys = []
+            for ph in cp["phases"]:
+                k = reference_key(ph["structure"], fp)
+                phases.setdefault(k, ph)
+                keys.append(k)
+            keys_of[r["structure_id"]] = keys
+            missing_of[r["structure_id"]] = cp["missing"]
+        cached = {
+            d["reference_key"]: d
+            for d in find(
+                ctx.structures,
+                {"stage": REFERENCE_STAGE, "reference_key": {"$in": list(phases)},
+                 "dft_status": "completed"},
+            )  # fmt: skip
+        }
+        cached.update(self._finished_reference_tasks(ctx, phases, set(cached)))
+        todo = {k: ph for k, ph in phases.items() if k not in cached}
+        return keys_of, cached, todo, missing_of
+
+    def _finished_reference_tasks(
+        self, ctx, phases: Mapping[str, Mapping[str, Any]], known: set[str]
+    ) -> dict[str, dict]:
+        """Return reference documents of reference statics that finished in the job store.
+
+        A run stopped after a reference static but before its ``dft reference`` writer (jobflow
+        runs the writers after every static of the flow) keeps the energy in the job store:
+        it is written to the cache here and not recomputed.
+        """
+        want = {f"ref-{k}": k for k in phases if k not in known}
+        if not want:
+            return {}
+        found: dict[str, dict] = {}
+        docs = ctx.store.query(
+            {"metadata.structure_id": {"$in": list(want)}, "output.state": "successful"},
+            properties=["uuid", "metadata", "output.output.energy_per_atom",
+                        "output.run_stats", "output.dir_name"],
+        )  # fmt: skip
+        for d in docs:
+            k = want[d["metadata"]["structure_id"]]
+            out = d.get("output") or {}
+            epa = get_path(out, "output", "energy_per_atom")
+            if k in found or epa is None or not math.isfinite(float(epa)):
+                continue
+            ph = phases[k]
+            rec = make_result_doc(
+                f"ref-{k}",
+                campaign_id=ctx.campaign_id,
+                stage=REFERENCE_STAGE,
+                job_uuid=d["uuid"],
+                job_name="CP2K static (recovered from the job store)",
+                reference_key=k,
+                material_id=ph.get("material_id"),
+                formula=ph.get("formula"),
+                elemental=ph.get("elemental"),
+                energy_per_atom=float(epa),
+                dft_status="completed",
+                dft_engine="cp2k",
+                dft_engine_settings=self.cp2k_settings_record(),
+                dft_wall_time_s=_cp2k_wall_time(out.get("run_stats")),
+                dft_task_dir=out.get("dir_name"),
+                task_uuid=d["uuid"],
+            )
+            bulk_upsert(ctx.structures, [rec])
+            found[k] = rec
+        return found
+
     # ------------------------------------------------------------------ the job
     @stage_job(resource="cpu", pass_manager_config=False)
     def make(self, screen_output: Any = None) -> Response | dict[str, Any]:
@@ -936,18 +1032,52 @@ class DFTValidationMaker(Maker):
         if not todo:
             return {**summary, "status": "nothing to run", "n_flows": 0, "counts": {}}
 
-        ok, reason = vasp_status(self._vasp_cmd())
+        cp2k = self.engine == "cp2k"
+        ok, reason = cp2k_status() if cp2k else vasp_status(self._vasp_cmd())
+        engine_name = "CP2K" if cp2k else "VASP"
+        pending_status = PENDING_NO_CP2K if cp2k else PENDING_NO_VASP
         mode = self.when_no_vasp
         if not ok and mode == "error":
-            raise RuntimeError(f"DFT validation needs VASP: {reason}")
+            raise RuntimeError(f"DFT validation needs {engine_name}: {reason}")
         store_only = not ok and mode == "store"
         if not ok:
             logger.warning(
-                "no VASP here (%s): %s",
+                "no %s here (%s): %s",
+                engine_name,
                 reason,
                 "storing ready-to-submit DFT flows" if store_only else "running the flows anyway",
             )
+        if cp2k and ok:
+            configure_cp2k()
         flows, collectors, docs = [], {}, []
+        ref_out: dict[str, Any] = {}
+        keys_of: dict[str, list[str]] = {}
+        missing_of: dict[str, list] = {}
+        if cp2k:
+            keys_of, cached, ref_todo, missing_of = self._reference_plan(ctx, todo)
+            ref_out = {k: {kk: d.get(kk) for kk in ("reference_key", "material_id", "formula",
+                                                    "energy_per_atom", "dft_status", "errors",
+                                                    "task_uuid")}
+                       for k, d in cached.items()}  # fmt: skip
+            ref_flows: dict[str, Flow] = {}
+            for k, ph in ref_todo.items():
+                try:
+                    rflow, writer = self.reference_flow(k, ph, cid)
+                except ValueError as exc:  # no basis/potential: its candidates fail too
+                    ref_out[k] = {"reference_key": k, "material_id": ph["material_id"],
+                                  "formula": ph["formula"], "dft_status": "failed",
+                                  "errors": [f"DFT input: {exc}"]}  # fmt: skip
+                    continue
+                ref_flows[k] = rflow
+                ref_out[k] = writer.output
+            summary["references"] = {"cached": len(cached), "computed": len(ref_todo)}
+            logger.info(
+                "self-consistent hull: %d reference phases cached, %d to compute",
+                len(cached),
+                len(ref_todo),
+            )
+            if not store_only:
+                flows.extend(ref_flows.values())
         for r in todo:
             sid = r["structure_id"]
             structure, source, errs = r.pop("_structure"), r.pop("_source"), r.pop("_errors")
@@ -964,10 +1094,22 @@ class DFTValidationMaker(Maker):
             if structure is None:
                 docs.append(self._doc(ctx, sid, "failed", errs or ["no structure"], info))
                 continue
-            flow, coll, uuids = self.structure_flow(structure, sid, cid, info)
+            if cp2k:
+                info["dft_hull_missing_phases"] = missing_of.get(sid, [])
+                refs = [ref_out[k] for k in keys_of.get(sid, [])]
+                try:
+                    flow, coll, uuids = self.cp2k_structure_flow(structure, sid, cid, info, refs)
+                except ValueError as exc:  # no basis/potential for an element: a bad input
+                    docs.append(self._doc(ctx, sid, "failed", [*errs, f"DFT input: {exc}"], info))
+                    continue
+                if store_only:  # a stored flow carries the reference jobs it needs
+                    mine = [ref_flows[k] for k in keys_of.get(sid, []) if k in ref_flows]
+                    flow = Flow([*mine, flow], output=flow.output, name=flow.name)
+            else:
+                flow, coll, uuids = self.structure_flow(structure, sid, cid, info)
             flows.append(flow)
             collectors[sid] = coll.output
-            status = PENDING_NO_VASP if store_only else "running"
+            status = pending_status if store_only else "running"
             extra = {"dft_task_uuids": uuids, **info}
             if store_only:
                 extra.update({"dft_flow": flow.to_json(), "dft_pending_reason": reason})
@@ -976,10 +1118,10 @@ class DFTValidationMaker(Maker):
         if store_only:
             return {
                 **summary,
-                "status": PENDING_NO_VASP,
+                "status": pending_status,
                 "reason": reason,
                 "pending": list(collectors),
-                "counts": {PENDING_NO_VASP: len(collectors)},
+                "counts": {pending_status: len(collectors)},
                 "n_flows": len(flows),
                 "submit_hint": "xtalforge.makers.dft.pending_dft_flows(store, campaign_id)",
             }
@@ -994,7 +1136,10 @@ class DFTValidationMaker(Maker):
             apply_routes(new, routes)
         return Response(
             replace=new,
-            output=replaced_output(**summary, status="running", n_flows=len(flows), vasp=reason),
+            output=replaced_output(
+                **summary, status="running", n_flows=len(flows), engine=self.engine,
+                **{engine_name.lower(): reason},
+            ),
         )
 
     def _vasp_cmd(self) -> str | None:
@@ -1075,6 +1220,13 @@ def _static_refs(j: Job) -> dict[str, Any]:
             "structure": o.structure}
 
 
+def _cp2k_static_refs(j: Job) -> dict[str, Any]:
+    """Return references to the parts of an atomate2 CP2K task document the collector reads."""
+    o = j.output
+    return {"state": o.state, "dir_name": o.dir_name, "input": o.input, "output": o.output,
+            "run_stats": o.run_stats}  # fmt: skip
+
+
 def _nscf_refs(j: Job) -> dict[str, Any]:
     o = j.output
     return {**_common_refs(o), "is_gap_direct": o.calcs_reversed[0].output.is_gap_direct}
@@ -1097,7 +1249,9 @@ def dft_maker_from_config(config: Mapping[str, Any] | None = None) -> DFTValidat
     ``relax`` (bool: MP double relaxation before the static), ``band_structure`` (bool),
     ``dielectric`` (bool: DFPT), ``hull_entries`` (list of files), ``correction``
     (``MP2020``/``none``), ``check_potcar`` and ``static_incar`` (INCAR updates of the static,
-    e.g. ``{NCORE: 4}``; MP-compatibility-relevant keys should stay untouched).
+    e.g. ``{NCORE: 4}``; MP-compatibility-relevant keys should stay untouched). The CP2K engine:
+    ``engine: cp2k``, ``mp20_dir``, ``cp2k_relax`` and ``cp2k`` (the fields of
+    :class:`~xtalforge.dft.cp2k.Cp2kSettings`, e.g. ``{cutoff: 300, kpoint_density: 100}``).
 
     Raises
     ------
@@ -1123,11 +1277,19 @@ def dft_maker_from_config(config: Mapping[str, Any] | None = None) -> DFTValidat
         f.name
         for f in dataclasses.fields(DFTValidationMaker)
         if f.name not in ("static_maker", "relax_maker", "band_structure_maker",
-                          "dielectric_maker", "collect_maker")
+                          "dielectric_maker", "collect_maker", "cp2k")
     }  # fmt: skip
+    nested.add("cp2k")
     unknown = set(c) - nested - plain
     if unknown:
         raise ValueError(f"unknown dft settings {sorted(unknown)}; known: {sorted(nested | plain)}")
+    cp2k = c.get("cp2k") or {}
+    known_cp2k = {f.name for f in dataclasses.fields(Cp2kSettings)}
+    if set(cp2k) - known_cp2k:
+        raise ValueError(
+            f"unknown dft.cp2k settings {sorted(set(cp2k) - known_cp2k)}; known: "
+            f"{sorted(known_cp2k)}"
+        )
     static = MPGGAStaticMaker()
     if c.get("static_incar"):
         gen = static.input_set_generator
@@ -1144,6 +1306,7 @@ def dft_maker_from_config(config: Mapping[str, Any] | None = None) -> DFTValidat
             correction=c.get("correction", "MP2020"),
             check_potcar=bool(c.get("check_potcar", True)),
         ),
+        cp2k=Cp2kSettings(**cp2k),
         **{k: c[k] for k in plain if k in c},
     )
 
@@ -1159,7 +1322,8 @@ def pending_dft_flows(store: Any, campaign_id: str) -> dict[str, Flow]:
     store.connect()
     docs = find(
         additional(store, "structures"),
-        {"campaign_id": campaign_id, "stage": DFT_STAGE, "dft_status": PENDING_NO_VASP},
+        {"campaign_id": campaign_id, "stage": DFT_STAGE,
+         "dft_status": {"$in": [PENDING_NO_VASP, PENDING_NO_CP2K]}},
         properties=["structure_id", "dft_flow"],
     )
     return {d["structure_id"]: Flow.from_dict(json.loads(d["dft_flow"])) for d in docs}
@@ -1185,14 +1349,17 @@ def dft_status_line(store: Any, campaign_id: str) -> str | None:
     counts: dict[str, int] = {}
     for d in docs:
         counts[d.get("dft_status") or "?"] = counts.get(d.get("dft_status") or "?", 0) + 1
-    pending = counts.pop(PENDING_NO_VASP, 0)
+    pending = {e: counts.pop(st, 0) for e, st in (("VASP", PENDING_NO_VASP),
+                                                   ("CP2K", PENDING_NO_CP2K))}  # fmt: skip
     parts = [f"{n} {s}" for s, n in sorted(counts.items())]
-    if pending:
+    for engine, n in pending.items():
+        if not n:
+            continue
         reason = next(
             (d.get("dft_pending_reason") for d in docs if d.get("dft_pending_reason")), ""
         )
         parts.append(
-            f"no VASP here ({reason}): {pending} ready-to-submit DFT flows stored on the dft "
+            f"no {engine} here ({reason}): {n} ready-to-submit DFT flows stored on the dft "
             "documents (xtalforge.makers.dft.pending_dft_flows)"
         )
     return "DFT: " + ", ".join(parts)
