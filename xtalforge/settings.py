@@ -68,6 +68,13 @@ class XtalforgeSettings(BaseSettings):
     DEBUG: bool = Field(
         False, description="Show full tracebacks instead of one-line CLI errors."
     )
+    CP2K_SHARE: Path = Field(
+        Path("/usr/share/cp2k"),
+        description=(
+            "CP2K's own data directory (BASIS_MOLOPT, GTH_POTENTIALS); Debian's cp2k package "
+            "installs it in /usr/share/cp2k."
+        ),
+    )
     MONGO_TIMEOUT_S: float = Field(
         5.0,
         gt=0,
@@ -89,7 +96,7 @@ class XtalforgeSettings(BaseSettings):
             return value.strip().lower() not in ("", "0", "false", "no", "off")
         return value
 
-    @field_validator("CACHE", "HOME")
+    @field_validator("CACHE", "HOME", "CP2K_SHARE")
     @classmethod
     def _expand_user(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(value).expanduser()

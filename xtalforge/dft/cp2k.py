@@ -46,8 +46,10 @@ def cp2k_executable() -> str | None:
 
 
 def cp2k_data_source() -> Path | None:
-    """Return the directory of CP2K's own data files (``$CP2K_SHARE_DIR`` or /usr/share/cp2k)."""
-    src = Path(os.environ.get("XTALFORGE_CP2K_SHARE", CP2K_SHARE))
+    """Return CP2K's own data directory (``$XTALFORGE_CP2K_SHARE``, default /usr/share/cp2k)."""
+    from xtalforge.settings import get_settings
+
+    src = get_settings().CP2K_SHARE
     ok = (src / "BASIS_MOLOPT").is_file() and (src / "GTH_POTENTIALS").is_file()
     return src if ok else None
 
@@ -56,6 +58,8 @@ def cp2k_status() -> tuple[bool, str]:
     """Return ``(available, reason)``: is a CP2K executable on PATH and are its data files there."""
     exe = cp2k_executable()
     src = cp2k_data_source()
+    from xtalforge.settings import get_settings
+
     problems = []
     if exe is None:
         problems.append(
@@ -65,7 +69,7 @@ def cp2k_status() -> tuple[bool, str]:
     if src is None:
         problems.append(
             "no CP2K data directory (BASIS_MOLOPT, GTH_POTENTIALS) in "
-            f"{os.environ.get('XTALFORGE_CP2K_SHARE', CP2K_SHARE)}"
+            f"{get_settings().CP2K_SHARE}"
         )
     if problems:
         return False, "; ".join(problems)
@@ -74,8 +78,9 @@ def cp2k_status() -> tuple[bool, str]:
 
 def default_data_dir() -> Path:
     """Return where the pymatgen CP2K data directory is written (under ``$XTALFORGE_CACHE``)."""
-    root = Path(os.environ.get("XTALFORGE_CACHE", Path.home() / ".cache" / "xtalforge"))
-    return root / "cp2k_data"
+    from xtalforge.settings import get_settings
+
+    return get_settings().CACHE / "cp2k_data"
 
 
 def _write_pmg_data_dir(source: Path, target: Path) -> None:
