@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     config = yaml.safe_load(args.config.read_text()) if args.config else copy.deepcopy(CAMPAIGN)
     if args.campaign_id:
         config["campaign_id"] = args.campaign_id
-    from xtalforge.cli_dft import campaign_flow, describe_routing
+    from xtalforge.cli_submit import describe_routing
+    from xtalforge.flows.campaign import maker_from_config
     from xtalforge.flows.remote import make_routes, prepare_flow, submit_campaign
 
     routing = {
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "vasp_worker": WORKERS["vasp"],
         "resources": RESOURCES,
     }
-    flow = campaign_flow(config)
+    flow = maker_from_config(config).make()  # the one builder, as `xtalforge run` uses
     cid = config["campaign_id"]
     if args.dry_run:
         flow = prepare_flow(flow, cid, make_routes(**routing))

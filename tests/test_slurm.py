@@ -225,7 +225,7 @@ def test_submit_command_dry_run_routes_pending_dft_flows(tmp_path, monkeypatch):
     from pymatgen.core import Lattice, Structure
     from typer.testing import CliRunner
 
-    from xtalforge.cli_dft import register
+    from xtalforge.cli_submit import register
     from xtalforge.flows.runner import run_campaign
     from xtalforge.makers.dft import DFTValidationMaker
 

@@ -22,7 +22,7 @@ from typing import Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from xtalforge.cli_dft import register as register_submit
+from xtalforge.cli_submit import register as register_submit
 from xtalforge.reports.cli import register as register_reports
 from xtalforge.stores.schemas import query_columns
 

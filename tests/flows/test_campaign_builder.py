@@ -185,6 +185,6 @@ def test_submit_builds_through_the_one_builder(tmp_path):
     assert expected == ["ingest dataset", "reference hull", "sample", "screen", "dft validation"]
     for name in expected:
         assert name in out.output
-    import xtalforge.cli_dft as cli_dft
+    import xtalforge.cli_submit as cli_submit
 
-    assert not hasattr(cli_dft, "campaign_flow")  # no parallel builder
+    assert not hasattr(cli_submit, "campaign_flow")  # no parallel builder
