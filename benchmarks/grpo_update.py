@@ -1,6 +1,6 @@
 """GRPO update time: step-by-step log-probability recomputation vs stacked denoiser passes.
 
-Both variants compute the same loss and gradient (``tests/test_models.py`` checks values and
+Both variants compute the same loss and gradient (``tests/models/test_latent_diffusion.py`` checks values and
 gradients); this measures the wall time of :meth:`GRPOTrainer.update` on one rollout batch, with
 the baseline (``steps_per_pass=1``) measured in the same run::
 
