@@ -212,7 +212,11 @@ def _failure_reasons(
 
 
 def _discard_unfinished(store: JobStore, uuids: list[str]) -> dict[str, int]:
-    """Remove the job documents and structure documents written by unfinished jobs."""
+    """Remove the job documents and structure documents of the jobs ``uuids``.
+
+    Used for the jobs of a stored flow that a replaced configuration drops (unfinished jobs,
+    or with ``force_config`` the stored jobs that the rebuilt flow does not keep).
+    """
     from xtalforge.stores.config import additional
 
     crit = {"uuid": {"$in": list(uuids)}}
