@@ -326,7 +326,8 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--trace", metavar="STRUCTURE_ID", help="print one candidate's chain")
     p.add_argument("--force-config", action="store_true",
-                   help="resume the stored flow although the recorded configuration changed")
+                   help="apply a changed configuration to a campaign with finished jobs: the flow "
+                   "is rebuilt and finished jobs the change does not touch are kept")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not Path(args.mp20).is_dir():

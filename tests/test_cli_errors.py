@@ -85,9 +85,14 @@ def test_failed_job_reason_is_printed_and_stored_then_a_fix_reruns(tmp_path, mon
     _write(cfg, {"campaign_id": "c1", "dataset": {"source": "demo", "limit": 11}})
     r = _invoke(["run", str(cfg)], tmp_path / "root")
     _assert_user_error(r, "different configuration", "['ingest dataset']", "--force-config",
-                       "changes are not applied")
+                       "rebuild the flow from the new configuration")
+    # forced: the flow is rebuilt; the changed ingest job (limit 11) runs again
     r = _invoke(["run", str(cfg), "--force-config"], tmp_path / "root")
-    assert r.exit_code == 0 and "skipped 1 finished job(s)" in r.stdout, r.output
+    assert r.exit_code == 0, r.output
+    assert "rebuilt from the new configuration: kept [], rebuilt ['ingest dataset']" in r.stdout
+    assert "ran 1 job(s) ['ingest dataset']" in r.stdout
+    store.connect()
+    assert get_campaign(store, "c1")["config"]["dataset"] == {"source": "demo", "limit": 11}
 
 
 def test_run_missing_dataset_is_caught_before_the_store(tmp_path):

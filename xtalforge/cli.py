@@ -200,7 +200,13 @@ def _run_config(
         root_dir=root / cid / "runs",
         force_config=force,
     )
-    if result.get("config_replaced"):
+    replaced = result.get("config_replaced")
+    if replaced and replaced.get("forced"):
+        typer.echo(
+            "the configuration changed (--force-config): the flow was rebuilt from the new "
+            f"configuration: kept {replaced['kept']}, rebuilt {replaced['rebuilt']}"
+        )
+    elif replaced:
         typer.echo(
             "the configuration changed and no job of the stored flow had finished: "
             "the new configuration replaced the stored one"
@@ -300,9 +306,10 @@ def run(
     force_config: bool = typer.Option(
         False,
         "--force-config",
-        help="When the configuration changed and jobs have finished: resume the stored flow "
-        "with the stored configuration (the changes are not applied). Not needed when no job "
-        "has finished: a changed configuration then replaces the stored one.",
+        help="When the configuration changed and jobs have finished: rebuild the flow from "
+        "the new configuration; finished jobs whose settings and upstream jobs are unchanged "
+        "are kept (not redone), the others run again. Not needed when no job has finished: a "
+        "changed configuration then replaces the stored one.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log and show tracebacks"),
 ) -> None:

@@ -113,11 +113,13 @@ def test_changed_config_replaces_a_flow_with_no_finished_job(store, tmp_path, ca
     # once a job has finished, a changed configuration is refused ...
     with pytest.raises(CampaignConfigMismatch, match=r"1 finished job\(s\) \['ingest dataset'\]"):
         run_campaign(lambda: Flow([maker.make()]), "fix", store, config={"source": "other"})
-    # ... unless forced: the stored flow and configuration are kept
+    # ... unless forced: the flow is rebuilt from the new configuration; the ingest job is
+    # unchanged (only the recorded configuration differs), so it is kept, not redone
     out = run_campaign(lambda: Flow([maker.make()]), "fix", store, config={"source": "other"},
                        force_config=True)
     assert out["skipped"] == ["ingest dataset"] and out["ran"] == []
-    assert get_campaign(store, "fix")["config"] == {"source": "demo"}
+    assert out["config_replaced"]["kept"] == ["ingest dataset"]
+    assert get_campaign(store, "fix")["config"] == {"source": "other"}
 
 
 def test_same_config_after_failure_resumes_the_stored_flow(store, tmp_path):

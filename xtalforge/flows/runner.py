@@ -22,7 +22,14 @@ A changed configuration under an existing campaign id is refused
 (:class:`CampaignConfigMismatch`) once a job of the stored flow has finished; while none has (a
 first run that failed on its inputs), the new configuration and its flow replace the stored ones
 (the replacement is recorded in the run entry, ``config_replaced``) and the failed jobs' partial
-documents are removed.
+documents are removed. With ``force_config`` a changed configuration is applied even though jobs
+have finished: the flow is rebuilt from the new configuration and each of its jobs is matched to
+a stored job with the same name, function and maker settings, arguments and (matched) upstream
+jobs (:func:`xtalforge.stores.jobgraph.rebuild_with_kept_jobs`). A matched job keeps the stored
+job's uuid, so a finished one is skipped and its output and documents serve the new flow; the
+other jobs (a changed stage and everything downstream of it) run under new uuids, and the stored
+jobs left unmatched lose their outputs and documents. ``config_replaced`` then lists the jobs
+``kept``, ``resumed`` (matched, unfinished), ``rebuilt`` and ``removed_jobs``.
 
 A dynamic job that replaced itself (``Response(replace=...)``) counts as finished only once the
 output at its highest index is a real one, not another replacement (a training stopped by its run
@@ -50,6 +57,7 @@ from xtalforge.stores.jobgraph import (  # noqa: F401 - re-exported for callers 
     clear_replacements,
     completed_uuids,
     iter_jobs,
+    rebuild_with_kept_jobs,
     replaced_output,
 )
 from xtalforge.stores.provenance import (
@@ -204,7 +212,11 @@ def _failure_reasons(
 
 
 def _discard_unfinished(store: JobStore, uuids: list[str]) -> dict[str, int]:
-    """Remove the job documents and structure documents written by unfinished jobs."""
+    """Remove the job documents and structure documents of the jobs ``uuids``.
+
+    Used for the jobs of a stored flow that a replaced configuration drops (unfinished jobs,
+    or with ``force_config`` the stored jobs that the rebuilt flow does not keep).
+    """
     from xtalforge.stores.config import additional
 
     crit = {"uuid": {"$in": list(uuids)}}
@@ -217,6 +229,15 @@ def _discard_unfinished(store: JobStore, uuids: list[str]) -> dict[str, int]:
     if n_docs:
         structures.remove_docs(scrit)
     return {"job_documents": n_jobs, "structure_documents": n_docs}
+
+
+def _new_flow(flow_factory, campaign_id: str) -> Flow:
+    """Build the flow (``flow_factory`` is a Flow, a Job or a callable returning one)."""
+    flow = flow_factory() if callable(flow_factory) else flow_factory
+    if isinstance(flow, Job):
+        flow = Flow([flow], name=flow.name)
+    flow.update_metadata({"campaign_id": campaign_id})
+    return flow
 
 
 def run_campaign(
@@ -241,8 +262,9 @@ def run_campaign(
     ----------
     flow_factory
         A :class:`jobflow.Flow` or a zero-argument callable returning one; used the first
-        time a campaign id is run (later runs use the stored graph) and when a changed
-        configuration replaces a stored flow none of whose jobs finished.
+        time a campaign id is run (later runs use the stored graph), when a changed
+        configuration replaces a stored flow none of whose jobs finished, and with
+        ``force_config``.
     campaign_id
         Campaign identifier.
     store
@@ -257,8 +279,9 @@ def run_campaign(
     root_dir
         Directory where jobs run (``run_locally(create_folders=True)``).
     force_config
-        Resume the stored flow even though the configuration changed and jobs have finished:
-        the stored configuration and flow are used, the changes are not applied.
+        Apply a changed configuration even though jobs have finished: the flow is rebuilt from
+        ``flow_factory``; finished jobs whose settings and upstream jobs are unchanged keep their
+        uuids and stored outputs and are not redone, the others run again.
     lock_ttl_s, heartbeat_s
         The run lease's time to live (a holder on another host without a heartbeat for this
         long is dead) and heartbeat period; defaults ``runlock.TTL_S`` and
@@ -340,22 +363,42 @@ def _run_locked(
                 raise CampaignConfigMismatch(
                     f"campaign {campaign_id!r} exists with a different configuration and "
                     f"{len(finished)} finished job(s) {done_names}; use a new campaign id, or "
-                    "--force-config (force_config=True) to resume the stored flow with the "
-                    "stored configuration (the changes are not applied)"
+                    "--force-config (force_config=True) to rebuild the flow from the new "
+                    "configuration, keeping the finished jobs that the change does not touch"
                 )
             else:
+                new_flow = _new_flow(flow_factory, campaign_id)
+                rebuilt_flow, plan = rebuild_with_kept_jobs(new_flow, flow, finished)
+                dropped = [j for j in stored_jobs if j.uuid not in plan["kept_uuids"]]
+                removed = _discard_unfinished(store, [j.uuid for j in dropped])
                 logger.warning(
-                    "campaign %s: the configuration changed; force_config resumes the stored "
-                    "flow with the stored configuration (the changes are not applied)",
+                    "campaign %s: the configuration changed; force_config rebuilds the flow "
+                    "from the new configuration: kept %d finished job(s) %s, rebuilt %s "
+                    "(removed %d job and %d structure documents of the replaced jobs)",
                     campaign_id,
+                    len(plan["kept"]),
+                    plan["kept"],
+                    plan["rebuilt"],
+                    removed["job_documents"],
+                    removed["structure_documents"],
                 )
+                replaced = {
+                    "at": now(),
+                    "reason": "configuration changed; forced (force_config): the flow was "
+                    "rebuilt from the new configuration, keeping the jobs it does not touch",
+                    "forced": True,
+                    "previous_config": old_config,
+                    "previous_config_fingerprint": fingerprint_json(old_config),
+                    "kept": plan["kept"],
+                    "rebuilt": plan["rebuilt"],
+                    "removed_jobs": sorted(j.name for j in dropped),
+                    "removed": removed,
+                }
+                flow_factory = rebuilt_flow
         if replaced is None:
             logger.info("resuming campaign %s from its stored flow graph", campaign_id)
     if record is None or not record.get("flow") or replaced is not None:
-        flow = flow_factory() if callable(flow_factory) else flow_factory
-        if isinstance(flow, Job):
-            flow = Flow([flow], name=flow.name)
-        flow.update_metadata({"campaign_id": campaign_id})
+        flow = _new_flow(flow_factory, campaign_id)
         fps = {}
         for j in iter_jobs(flow):
             for key in ("dataset_fingerprint",):
