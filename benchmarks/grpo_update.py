@@ -2,7 +2,8 @@
 
 Both variants compute the same loss and gradient
 (``tests/models/test_latent_diffusion.py`` checks values and gradients); this measures the
-wall time of :meth:`GRPOTrainer.update` on one rollout batch, with the baseline (``steps_per_pass=1``) measured in the same run::
+wall time of :meth:`GRPOTrainer.update` on one rollout batch, with the baseline
+(``steps_per_pass=1``) measured in the same run::
 
     python benchmarks/grpo_update.py --checkpoint gen.pt --device cuda --group-size 32 \\
         --num-conditions 4
