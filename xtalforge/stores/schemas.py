@@ -303,6 +303,18 @@ class DFTDoc(StageDoc):
     dft_inputs: dict[str, Any] | None = Field(None, description="Key INCAR settings as run.")
     dft_calculations: Any = Field(None, description="Calculations enabled for the structure.")
     dft_warnings: list[str] | None = Field(None, description="Non-fatal problems.")
+    dft_engine: str | None = Field(None, description="DFT engine: 'vasp' or 'cp2k'.")
+    dft_engine_settings: dict[str, Any] | None = Field(
+        None,
+        description=("The engine's settings as run (functional, basis, pseudopotentials, cutoff, "
+                     "k-points; with their fingerprint for CP2K)."),
+    )
+    dft_references: Any = Field(
+        None,
+        description=("Competing phases of the self-consistent DFT hull (CP2K): their cache keys, "
+                     "formulas and status."),
+    )
+    dft_wall_time_s: float | None = Field(None, description="Engine wall time (s) of the static.")
 
 
 #: Model of each stage's documents.
