@@ -80,6 +80,10 @@ def test_failed_jobs_have_their_reason_in_the_run_entry(store, tmp_path, caplog)
         "['half_written']"
     detail = next(d for d in out["error_details"] if d["name"] == "half_written")
     assert detail["type"] == "FileNotFoundError" and "half_written" in detail["where"]
+    # the stage's inputs are stored with the failure
+    assert detail["inputs"]["args"] == ["/no/such.csv"]
+    consume_detail = next(d for d in out["error_details"] if d["name"] == "consume")
+    assert consume_detail["inputs"]["args"] == ["output of half_written"]
     run = get_campaign(store, "fail")["runs"][-1]
     assert run["errors"] == out["errors"] and run["failed"] == out["failed"]
     # one log line per failed job, with the reason; jobflow's logger is left as it was
@@ -148,3 +152,12 @@ def test_failure_of_a_job_added_at_run_time_is_named(store, tmp_path):
     )
     added = [d for d in out["error_details"] if d.get("added_at_run_time")]
     assert [d["name"] for d in added] == ["inner"] and added[0]["type"] == "RuntimeError"
+
+
+def test_a_failed_makers_settings_are_its_recorded_inputs(store, tmp_path):
+    maker = IngestDatasetMaker(source=str(tmp_path / "missing.csv"), limit=3)
+    out = run_campaign(lambda: Flow([maker.make()]), "inputs", store, root_dir=tmp_path)
+    assert out["status"] == "incomplete"
+    detail = get_campaign(store, "inputs")["runs"][-1]["error_details"][0]
+    assert detail["inputs"]["settings"]["source"] == str(tmp_path / "missing.csv")
+    assert detail["inputs"]["settings"]["limit"] == 3

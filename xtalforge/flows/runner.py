@@ -166,6 +166,35 @@ def _record_job_failures():
         jf_logger.disabled = disabled
 
 
+def job_inputs(j: Job, names: dict[str, str] | None = None) -> dict[str, Any]:
+    """Return the stage's inputs of a job, for its failure record.
+
+    A Maker's settings (its dataclass fields) and the job's arguments, made JSON-safe; an
+    argument that is another job's output reads ``"output of <job name>"``; long values are cut.
+    """
+    import dataclasses
+
+    from jobflow import OutputReference
+    from monty.json import jsanitize
+
+    def short(v: Any) -> Any:
+        if isinstance(v, OutputReference):
+            return f"output of {(names or {}).get(v.uuid, v.uuid)}"
+        text = jsanitize(v, strict=False, allow_bson=False)
+        return text if len(repr(text)) <= 300 else repr(text)[:300] + "..."
+
+    out: dict[str, Any] = {}
+    maker = getattr(j.function, "__self__", None)
+    if maker is not None and dataclasses.is_dataclass(maker):
+        out["settings"] = {f.name: short(getattr(maker, f.name))
+                           for f in dataclasses.fields(maker)}
+    if j.function_args:
+        out["args"] = [short(a) for a in j.function_args]
+    if j.function_kwargs:
+        out["kwargs"] = {k: short(v) for k, v in j.function_kwargs.items()}
+    return out
+
+
 def _failure_reasons(
     failed: list[Job], sub: Flow, recorded: dict[str, dict[str, Any]], store: JobStore
 ) -> tuple[dict[str, str], list[dict[str, Any]]]:
@@ -204,6 +233,7 @@ def _failure_reasons(
             else:
                 reason = "not run (see the log with --verbose)"
             entry = {"name": j.name, "uuid": j.uuid, "type": None, "reason": reason}
+        entry["inputs"] = job_inputs(j, names)
         errors[j.name] = entry["reason"]
         details.append(entry)
     for uuid, info in added.items():
