@@ -1,7 +1,8 @@
 """Scaling study of the latent-diffusion generator on MP-20: metastability against LDM steps.
 
 Stages (each a sub-command; a GPU host runs them side by side, see
-``benchmarks/gpu/scaling.sh``):
+``benchmarks/gpu/scaling.sh``, started with
+``bash benchmarks/gpu/pipeline.sh start scaling``):
 
 ``vae``
     Train a VAE on the project's MP-20 split (:mod:`xtalforge.data.mp20`): ``--vae current``

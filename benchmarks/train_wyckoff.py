@@ -1,6 +1,7 @@
 """Wyckoff transformer on MP-20: resumable pretraining, the fixed screening protocol, PPO.
 
-Stages (sub-commands; ``benchmarks/gpu/wyckoff_pipeline.sh`` runs them in order):
+Stages (sub-commands; ``benchmarks/gpu/wyckoff_pipeline.sh`` runs them in order, started
+with ``bash benchmarks/gpu/pipeline.sh start wyckoff_pipeline``):
 
 ``train``
     Tokenise the project's MP-20 training split (:func:`xtalforge.data.mp20.load_mp20_split`:

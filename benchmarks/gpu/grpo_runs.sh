@@ -1,7 +1,11 @@
 #!/bin/bash
-# GRPO runs of 8-12 minutes from the VAE-fix base generator (vae_fix_pipeline.sh), started
-# detached (setsid) and followed by benchmarks/gpu/follow_grpo.sh, so that no shell has to stay
-# attached for their whole length. Two plans were run, one after the other (numbers: benchmarks/RESULTS.md):
+# GRPO runs of 8-12 minutes from the VAE-fix base generator (vae_fix_pipeline.sh), run detached:
+#
+#   bash benchmarks/gpu/pipeline.sh start grpo_runs [PLAN=b RLS=480 ...]
+#   bash benchmarks/gpu/pipeline.sh status grpo_runs 600
+#   bash benchmarks/gpu/pipeline.sh collect grpo_runs returned/grpo
+#
+# Two plans were run, one after the other (numbers: benchmarks/RESULTS.md):
 #
 # PLAN=a (default): three runs side by side, RLS=720 s each
 #   dng@rollout-ref               de novo reward, KL to the rollout policy (Chemeleon2's code)
@@ -18,20 +22,25 @@
 # creativity un-normalised (Chemeleon2's released config). Every 10 steps each run scores the
 # same 256 noises (eval_every) and keeps the policy with the highest eval/frac_msun; that policy
 # is screened on 2,000 fresh samples (another seed) exactly as the base. The best de novo policy
-# is saved in fp16 for follow_grpo.sh to return.
+# is listed in $D/EXPORT (its label and mSUN in $D/best_label).
 #
-# Needs, on the GPU host: out/dev/base/gen.pt (the base checkpoint) and out/c5/{whl/, cache/,
-# mp20/, chgnet_mu.json}. Knobs: PLAN, RLS (RL seconds per run), LR.
+# Environment: BASE (the base checkpoint, default $D/base/gen.pt), DATA_DIR (MP-20 CSVs with the
+# formation energies, default ../shared/data/mp20), CACHE_DIR (train_mp20.py caches of val/test,
+# optional), MU_FILE (precomputed CHGNet chemical potentials, optional), WHEELS, D (default
+# out/grpo_runs), PLAN, RLS (RL seconds per run), LR.
 set -o pipefail
+PIPELINE=grpo_runs
 source benchmarks/gpu/lib.sh
 PLAN=${PLAN:-a}
+BASE=${BASE:-$D/base/gen.pt}
+DATA_DIR=${DATA_DIR:-../shared/data/mp20}
 stage install
-[ -f $D/base/gen.pt ] || { stage failed-no-base; exit 10; }
-rm -f $D/best_fp16.pt $D/best_label
-install_site
-sha256sum $D/base/gen.pt
+[ -f $BASE ] || { stage failed-no-base; exit 10; }
+rm -f $D/best_label
+install_site xtalforge chgnet.model pymatgen.analysis.phase_diagram smact amd
+sha256sum $BASE
 
-RD="python3 $D/code/benchmarks/rl_denovo.py --checkpoint $D/base/gen.pt --data-dir out/c5/mp20 --cache-dir out/c5/cache --mu-file out/c5/chgnet_mu.json --device cuda --workers 4 --n-samples 2000 --rl-steps 5000 --group-size 32 --num-conditions 4 --lr ${LR:-3e-5} --stability-clip 1 --eval-every 10 --eval-samples 256 --select-by eval/frac_msun --val-every 10 --save-checkpoints"
+RD="python3 $D/code/benchmarks/rl_denovo.py --checkpoint $BASE --data-dir $DATA_DIR ${CACHE_DIR:+--cache-dir $CACHE_DIR} ${MU_FILE:+--mu-file $MU_FILE} --device cuda --workers 4 --n-samples 2000 --rl-steps 5000 --group-size 32 --num-conditions 4 --lr ${LR:-3e-5} --stability-clip 1 --eval-every 10 --eval-samples 256 --select-by eval/frac_msun --val-every 10 --save-checkpoints"
 stage rl
 if [ "$PLAN" = a ]; then
   RD="$RD --n-jobs 5 --rl-seconds ${RLS:-720}"
@@ -41,7 +50,7 @@ if [ "$PLAN" = a ]; then
   $RD --runs dng --reference pretrained --tag @pretrained-ref --skip-base --out-dir $D/r_dng_pre > $D/r_dng_pre/log.txt 2>&1 &
   wait
   stage bench
-  python3 $D/code/benchmarks/grpo_update.py --checkpoint $D/base/gen.pt --device cuda --group-size 32 \
+  python3 $D/code/benchmarks/grpo_update.py --checkpoint $BASE --device cuda --group-size 32 \
     --num-conditions 4 --variants 1,4,0 > $D/grpo_update.log 2>&1
 else
   RD="$RD --n-jobs 7 --rl-seconds ${RLS:-480} --reference rollout --skip-base --runs dng"
@@ -52,6 +61,6 @@ else
 fi
 
 stage save
-save_best_fp16 $DIRS
+export_best $DIRS
 stage done
 echo "== total $(( $(date +%s) - T0 ))s"

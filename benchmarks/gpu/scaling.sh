@@ -1,8 +1,9 @@
 #!/bin/bash
 # Generator scaling study on one GPU host (benchmarks/generator_scaling.py), run detached:
 #
-#   setsid nohup bash benchmarks/gpu/scaling.sh > out/dev/pipeline.log 2>&1 &
-#   bash benchmarks/gpu/follow_scaling.sh 540     # repeat until STAGE is done
+#   bash benchmarks/gpu/pipeline.sh start scaling [RUNS="A B" VAEM=3 ...]
+#   bash benchmarks/gpu/pipeline.sh status scaling 600            # until the stage is done
+#   bash benchmarks/gpu/pipeline.sh collect scaling returned/scaling
 #
 # 1. three VAEs side by side, VAEM minutes each (resumable):
 #      cur17    d 256, 4 + 4 layers, KL 1e-3 (the VAE of the earlier bases), MP-20 val+test
@@ -15,37 +16,25 @@
 #      C  DiT 8 x 384 on cur9, 9k data          D  DiT 8 x 384 on paper17, 17k data
 # 3. NEVAL evaluation workers screen the snapshots as they appear (2,000 samples, DDIM 50,
 #    eta 1, CHGNet single points, MP-20 formation hull, novelty against MP-20 val + test).
-# Every training run keeps its full state (state_*.pt): the same command continues it.
+# Every training run keeps its full state (state_*.pt): the same command continues it. The last
+# EMA checkpoint of each LDM run (sc/ldm_<run>_last.pt) is listed in $D/EXPORT.
 #
 # Environment: DATA_DIR (MP-20 CSVs, default ../shared/data/mp20), WHEELS (a folder of wheels to
-# install into $D/site first, optional), D (work folder, default out/dev), VAEM, LDMM, NEVAL,
+# install into $D/site first, optional), D (work folder, default out/scaling), VAEM, LDMM, NEVAL,
 # RUNS (which LDM runs, default "A B C D"), SNAPS (EMA snapshot steps, comma-separated), EXTRA_VAES (VAEs trained for their reconstruction
 # alone, e.g. paper17).
 set -o pipefail
-D=${D:-out/dev}
+PIPELINE=scaling
+source benchmarks/gpu/lib.sh
 DATA_DIR=${DATA_DIR:-../shared/data/mp20}
 VAEM=${VAEM:-3}
 LDMM=${LDMM:-11}
 NEVAL=${NEVAL:-3}
 SC=$D/sc
-T0=$(date +%s)
 mkdir -p $SC
-stage() { echo "$1" > $D/STAGE; echo "== $1 at $(( $(date +%s) - T0 ))s"; }
 
 stage install
-rm -rf $D/code && mkdir -p $D/code && cp -r xtalforge benchmarks $D/code/
-if [ -n "$WHEELS" ] && [ ! -d $D/site ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target $D/site $WHEELS/*.whl \
-    || { stage failed-install; exit 11; }
-fi
-export PYTHONPATH=$PWD/$D/site:$PWD/$D/code PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-# chgnet imports nvidia_smi (images often have only its successor pynvml); pymatgen's phase
-# diagram module imports plotly at module level (only its plotting uses it)
-python3 -c "import nvidia_smi" 2>/dev/null || { mkdir -p $D/site; echo 'from pynvml import *  # noqa' > $D/site/nvidia_smi.py; }
-python3 -c "import plotly" 2>/dev/null || { mkdir -p $D/site/plotly; touch $D/site/plotly/__init__.py $D/site/plotly/graph_objects.py; }
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -c "import xtalforge.data.mp20, chgnet.model, pymatgen.analysis.phase_diagram, smact; print('imports ok')" \
-  || { stage failed-imports; exit 12; }
+install_site xtalforge.data.mp20 chgnet.model pymatgen.analysis.phase_diagram smact
 
 GS="python3 $D/code/benchmarks/generator_scaling.py"
 COMMON="--out $SC --data-dir $DATA_DIR --device ${DEVICE:-cuda}"
@@ -84,6 +73,7 @@ for r in $RUNS; do
   PIDS="$PIDS $!"
 done
 wait $PIDS
+for r in $RUNS; do export_ckpt $SC/ldm_${r}_last.pt; done
 touch $SC/TRAINING_DONE
 stage eval-tail
 while pgrep -f "generator_scaling.py eval" > /dev/null; do sleep 5; done

@@ -1,7 +1,9 @@
 #!/bin/bash
-# One GPU pipeline (VAE fix, new base, decoder fine-tunes, GRPO), started detached (setsid) and
-# followed by benchmarks/gpu/follow_vae_fix.sh, so that no single shell session has to stay
-# attached for its whole length.
+# One GPU pipeline (VAE fix, new base, decoder fine-tunes, GRPO), run detached:
+#
+#   bash benchmarks/gpu/pipeline.sh start vae_fix_pipeline [VAE_MIN=3 ...]
+#   bash benchmarks/gpu/pipeline.sh status vae_fix_pipeline 600
+#   bash benchmarks/gpu/pipeline.sh collect vae_fix_pipeline returned/vae_fix
 #
 #   1. VAE (medium, KL 1e-3), 3 min.
 #   2. Side by side on the frozen encoder: the 8 x 384 LDM (bf16, batch 512), and three decoder
@@ -13,15 +15,20 @@
 #      no-diversity ablation and the 3 eV band-gap run side by side from that base, each then
 #      screened with the base on 1,000 samples.
 #
-# Needs on the GPU host: out/c5/{whl/, cache/{val,test}.pt, mp20/ (val, test, all formation energies),
-# chgnet_mu.json}. Everything is written under out/dev (kept on the warm machine between calls);
-# out/dev/STAGE names the stage running. Numbers: benchmarks/RESULTS.md.
-# Knobs (environment): VAE_MIN, LDM_MIN, DEC_MIN, RLS (RL seconds per run), LR, SCLIP.
+# Environment: CACHE_DIR (required: train_mp20.py caches val.pt and test2k.pt, the first 2,000
+# test rows), DATA_DIR (MP-20 CSVs with the formation energies, default ../shared/data/mp20),
+# MU_FILE (precomputed CHGNet chemical potentials, optional), WHEELS, D (default
+# out/vae_fix_pipeline), VAE_MIN, LDM_MIN, DEC_MIN, RLS (RL seconds per run), LR, SCLIP.
+# The base LDM (ldm/generator.pt) and the kept decoder are listed in $D/EXPORT.
+# Numbers: benchmarks/RESULTS.md.
 set -o pipefail
+PIPELINE=vae_fix_pipeline
 source benchmarks/gpu/lib.sh
+DATA_DIR=${DATA_DIR:-../shared/data/mp20}
 stage install
-install_site
-TM="python3 $D/code/benchmarks/train_mp20.py --train out/c5/cache/val.pt --test out/c5/cache/test2k.pt --device cuda --tf32 --workers 4 --log-every 2000"
+[ -f "$CACHE_DIR/val.pt" ] || { stage failed-no-cache; exit 10; }
+install_site xtalforge chgnet.model pymatgen.analysis.phase_diagram smact amd
+TM="python3 $D/code/benchmarks/train_mp20.py --train $CACHE_DIR/val.pt --test $CACHE_DIR/test2k.pt --device cuda --tf32 --workers 4 --log-every 2000"
 
 stage vae
 $TM --preset medium --vae-hidden 256 --vae-layers 4 --kl-weight 1e-3 --vae-lr 5e-4 --warmup 200 \
@@ -46,14 +53,14 @@ done
 wait $P_LDM || { stage failed-ldm; exit 14; }
 wait
 
-RD="python3 $D/code/benchmarks/rl_denovo.py --data-dir out/c5/mp20 --cache-dir out/c5/cache --mu-file out/c5/chgnet_mu.json --device cuda --workers 4 --n-samples 1000"
+RD="python3 $D/code/benchmarks/rl_denovo.py --data-dir $DATA_DIR --cache-dir $CACHE_DIR ${MU_FILE:+--mu-file $MU_FILE} --device cuda --workers 4 --n-samples 1000"
 stage compare-decoders
 $RD --checkpoint $D/ldm/generator.pt --runs "" --n-jobs 12 --n-samples ${CMP_N:-500} \
   --compare-decoders $D/dec0/generator.pt,$D/dec0.25/generator.pt,$D/dec0.5/generator.pt \
   --out-dir $D/cmp > $D/cmp.log 2>&1 || { stage failed-compare; exit 15; }
-BEST=$(python3 - <<'PY'
-import json
-rows = json.load(open("out/dev/cmp/results.json"))["rows"]
+BEST=$(python3 - "$D/cmp/results.json" <<'PY'
+import json, sys
+rows = json.load(open(sys.argv[1]))["rows"]
 best = max(rows, key=lambda r: (r.get("metastability") or 0.0, r.get("mSUN") or 0.0))
 print(best["model"].split("+")[1] if "+" in best["model"] else "")
 PY
@@ -61,6 +68,7 @@ PY
 echo "best decoder: ${BEST:-original}"
 DEC=""; [ -n "$BEST" ] && DEC="--decoder-from $D/${BEST}/generator.pt"
 echo "$DEC" > $D/best_decoder
+export_ckpt $D/ldm/generator.pt ${BEST:+$D/$BEST/generator.pt}
 
 stage rl
 for RUN in dng dng_no_diversity bandgap; do

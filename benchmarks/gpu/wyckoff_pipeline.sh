@@ -1,8 +1,9 @@
 #!/bin/bash
 # Wyckoff transformer on MP-20 (benchmarks/train_wyckoff.py) on one GPU host, run detached:
 #
-#   setsid nohup bash benchmarks/gpu/wyckoff_pipeline.sh > out/wy/pipeline.log 2>&1 &
-#   cat out/wy/STAGE; tail out/wy/pipeline.log          # follow
+#   bash benchmarks/gpu/pipeline.sh start wyckoff_pipeline [MODEL=medium TRAINM=60 ...]
+#   bash benchmarks/gpu/pipeline.sh status wyckoff_pipeline 600
+#   bash benchmarks/gpu/pipeline.sh collect wyckoff_pipeline returned/wyckoff
 #
 # 1. train   the Wyckoff transformer (MODEL preset, default medium: d 256 x 8 layers) on the
 #            project's MP-20 split for STEPS steps at batch BATCH, TRAINM minutes per run; the
@@ -15,8 +16,9 @@
 #            PPOSTEPS steps of PPOBATCH samples, resumable ($D/ppo_state.pt), then eval of the
 #            fine-tuned policy with the same protocol (label ppo).
 # A stage whose output exists is skipped, so the script resumes where a killed run stopped.
+# wyckoff.pt and ppo.pt are listed in $D/EXPORT.
 #
-# Environment: D (work folder, default out/wy), DATA_DIR (MP-20 CSVs, default
+# Environment: D (work folder, default out/wyckoff_pipeline), DATA_DIR (MP-20 CSVs, default
 # ../shared/data/mp20), WHEELS (a folder of wheels installed into $D/site first, optional: a host
 # that cannot reach PyPI needs the pure-Python pyxtal wheel there, made with
 # `pip download pyxtal==1.1.5 --no-deps -d $WHEELS`; of its dependencies only ase, networkx,
@@ -24,7 +26,8 @@
 # STEPS, BATCH, LR, TRAINM, SNAP, NSAMPLES, PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch),
 # KL (tau), DEVICE.
 set -o pipefail
-D=${D:-out/wy}
+PIPELINE=wyckoff_pipeline
+source benchmarks/gpu/lib.sh
 DATA_DIR=${DATA_DIR:-../shared/data/mp20}
 MODEL=${MODEL:-medium}
 STEPS=${STEPS:-60000}
@@ -38,22 +41,8 @@ PPOBATCH=${PPOBATCH:-1000}
 PPOMB=${PPOMB:-250}
 KL=${KL:-0.1}
 DEVICE=${DEVICE:-cuda}
-T0=$(date +%s)
-mkdir -p $D
-stage() { echo "$1" > $D/STAGE; echo "== $1 at $(( $(date +%s) - T0 ))s"; }
-
 stage install
-rm -rf $D/code && mkdir -p $D/code && cp -r xtalforge benchmarks $D/code/
-if [ -n "$WHEELS" ] && [ ! -d $D/site ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target $D/site $WHEELS/*.whl \
-    || { stage failed-install; exit 11; }
-fi
-export PYTHONPATH=$PWD/$D/site:$PWD/$D/code PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-python3 -c "import nvidia_smi" 2>/dev/null || { mkdir -p $D/site; echo 'from pynvml import *  # noqa' > $D/site/nvidia_smi.py; }
-python3 -c "import plotly" 2>/dev/null || { mkdir -p $D/site/plotly; touch $D/site/plotly/__init__.py $D/site/plotly/graph_objects.py; }
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python3 -c "import pyxtal, xtalforge.models.wyckoff.generator, chgnet.model, smact; print('imports ok')" \
-  || { stage failed-imports; exit 12; }
+install_site pyxtal xtalforge.models.wyckoff.generator chgnet.model smact
 
 TW="python3 $D/code/benchmarks/train_wyckoff.py"
 COMMON="--out $D --data-dir $DATA_DIR --device $DEVICE --workers 8"
@@ -64,6 +53,7 @@ until [ -f $D/wyckoff.pt ]; do
     --minutes $TRAINM --snapshot-every $SNAP || { stage failed-train; exit 13; }
 done
 grep '"final"' $D/train.jsonl | tail -1 | cut -c1-400
+export_ckpt $D/wyckoff.pt
 
 stage eval-base
 grep -q '"label": "base"' $D/eval.jsonl 2>/dev/null || \
@@ -74,6 +64,7 @@ stage ppo
 [ -f $D/ppo.pt ] || $TW ppo $COMMON --checkpoint $D/wyckoff.pt --steps $PPOSTEPS \
   --batch-size $PPOBATCH --minibatch-size $PPOMB --kl-coef $KL --n-jobs 8 --eval-every 10 \
   --eval-samples 500 || { stage failed-ppo; exit 15; }
+export_ckpt $D/ppo.pt
 
 stage eval-ppo
 grep -q '"label": "ppo"' $D/eval.jsonl 2>/dev/null || \
