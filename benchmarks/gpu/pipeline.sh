@@ -22,7 +22,7 @@
 # The pipelines record their stage in D/STAGE ("done" or "failed-..." at the end) and print
 # "== stage at Ns" lines; benchmarks/gpu/selftest.sh is a two-stage CPU example.
 set -u
-usage() { sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 CMD=$1 NAME=$2; shift 2
 SCRIPT=benchmarks/gpu/$NAME.sh
