@@ -82,6 +82,7 @@ from xtalforge.makers.base import (
 from xtalforge.stores.config import campaign_store
 from xtalforge.stores.documents import STRUCTURE_STAGES, bulk_upsert, find, make_result_doc
 from xtalforge.stores.jobgraph import iter_jobs, replaced_output
+from xtalforge.stores.schemas import DFTResultOutput, DFTStageOutput
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,8 @@ class DFTCollectMaker(Maker):
             "signed": True,
         }
 
-    @stage_job(resource="cpu", on_missing_references=OnMissing.NONE)
+    @stage_job(resource="cpu", on_missing_references=OnMissing.NONE,
+               output_schema=DFTResultOutput)
     def make(
         self,
         structure_id: str,
@@ -515,7 +517,8 @@ def _cp2k_wall_time(run_stats: Any) -> float | None:
     return float(total) if total is not None else None
 
 
-@stage_job(resource="cpu", on_missing_references=OnMissing.NONE)
+@stage_job(resource="cpu", on_missing_references=OnMissing.NONE,
+           output_schema=DFTResultOutput)
 def dft_reference(
     key: str,
     phase: dict[str, Any],
@@ -570,7 +573,7 @@ def dft_reference(
     return {k: v for k, v in rec.items() if k not in ("created_at", "last_updated", "_id")}
 
 
-@stage_job(resource="cpu", on_missing_references=OnMissing.NONE)
+@stage_job(resource="cpu", on_missing_references=OnMissing.NONE, output_schema=DFTStageOutput)
 def dft_summary(results: dict[str, Any], pending: Sequence[str] = ()) -> dict[str, Any]:
     """Summarise the DFT stage (the stage's final output).
 
@@ -963,6 +966,10 @@ class DFTValidationMaker(Maker):
         return found
 
     # ------------------------------------------------------------------ the job
+    # no output_schema: this job replaces itself with the DFT flows, and jobflow 0.4 then
+    # validates the replacing flow's output reference against the schema ("Expected output to
+    # be ... or dict but got output type of OutputReference"); its plain outputs have the
+    # shape of DFTStageOutput, which the summary job that ends the flows declares
     @stage_job(resource="cpu", pass_manager_config=False)
     def make(self, screen_output: Any = None) -> Response | dict[str, Any]:
         """Select candidates from the campaign's screening documents and run their DFT.

@@ -551,6 +551,33 @@ class SurrogateOutput(JobOutput):
     device: str = Field(description="Device used.")
 
 
+class DFTResultOutput(JobOutput):
+    """Output of a DFT collector or reference-cache job: the document it wrote.
+
+    The collector's output is the structure's ``dft`` document (:class:`DFTDoc`), the
+    reference job's the ``dft_reference`` document of one competing phase; besides the fields
+    below they hold that document's keys.
+    """
+
+    structure_id: str = Field(description="Structure (or cached reference phase) it is about.")
+    stage: str = Field(description="'dft' or 'dft_reference'.")
+    dft_status: str = Field(description="completed or failed (with the errors).")
+
+
+class DFTStageOutput(JobOutput):
+    """Output of the DFT validation job and of its summary job.
+
+    Besides the fields below: the selection (``selected``, ``policy``, ``k``), the counts by
+    status, the stored or pending flows and the best figures of merit, as the stage produced
+    them.
+    """
+
+    stage: str = Field(description="'dft'.")
+    status: str = Field(
+        description="finished, nothing to run, or the status of stored not-yet-run flows."
+    )
+
+
 class ReportOutput(JobOutput):
     """Output of the report job: the report's path and its table values.
 
