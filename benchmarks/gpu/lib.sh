@@ -36,9 +36,13 @@ install_site() {
   mkdir -p "$D/site"
   export PYTHONPATH=$PWD/$D/site:$PWD/$D/code PYTHONUNBUFFERED=1 TQDM_DISABLE=1
   # chgnet imports nvidia_smi (images often have only its successor pynvml); pymatgen's phase
-  # diagram module imports plotly at module level (only its plotting uses it)
+  # diagram module imports plotly at module level (only its plotting uses it); pandas wants pytz
   python3 -c "import nvidia_smi" 2>/dev/null || echo 'from pynvml import *  # noqa' > "$D/site/nvidia_smi.py"
   python3 -c "import plotly" 2>/dev/null || { mkdir -p "$D/site/plotly"; touch "$D/site/plotly/__init__.py" "$D/site/plotly/graph_objects.py"; }
+  # maggma.stores imports paramiko for its SSH tunnel alone (never used on a GPU host)
+  python3 -c "import paramiko" 2>/dev/null || printf '%s\n' 'class PKey: ...' 'class Transport: ...' \
+      'class SSHException(Exception): ...' 'class AuthenticationException(SSHException): ...' \
+      > "$D/site/paramiko.py"
   command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   [ $# -eq 0 ] || python3 -c "import $(IFS=,; echo "$*"); print('imports ok')" || { stage failed-imports; exit 12; }
 }

@@ -1,0 +1,52 @@
+#!/bin/bash
+# Campaign-round throughput on one GPU host (benchmarks/campaign_throughput.py and
+# benchmarks/chgnet_profile.py), run detached:
+#
+#   bash benchmarks/gpu/pipeline.sh start throughput CKPT=path/to/ldm.pt [N=10000 ...]
+#   bash benchmarks/gpu/pipeline.sh status throughput 600
+#   bash benchmarks/gpu/pipeline.sh collect throughput returned/throughput
+#
+# 1. round_sp     one round of N structures (default 10,000) from the trained generator CKPT:
+#                 sample, decode, CHGNet single points, MP-20 hull, uniqueness / novelty / SMACT,
+#                 store; the per-structure ASE way on BASELINE_N structures in the same run
+# 2. profile      CHGNet single points batched at 256 and 1024, graph construction included,
+#                 against the ASE loop (chgnet_profile.py) on STRUCTURES (a JSON(.gz) list of
+#                 generated structures, e.g. a scaling evaluation's samples_*.json.gz)
+# 3. round_relax  one round of NRELAX structures (default 1,000) relaxed with torch-sim batched
+#                 FIRE (fmax 0.05 eV/A, <= 300 steps) against one ASE FIRE run per structure
+# Each stage writes D/<stage>.json and is skipped when that file exists.
+#
+# Environment: CKPT (required), STRUCTURES, DATA_DIR (MP-20 CSVs, default ../shared/data/mp20), WHEELS,
+# D (default out/throughput), N, NRELAX, BASELINE_N, RELAX_BASELINE_N, GRAPH_WORKERS, N_JOBS.
+set -o pipefail
+PIPELINE=throughput
+source benchmarks/gpu/lib.sh
+: "${CKPT:?CKPT=path of a trained generator checkpoint}"
+DATA_DIR=${DATA_DIR:-../shared/data/mp20}
+N=${N:-10000}
+NRELAX=${NRELAX:-1000}
+BASELINE_N=${BASELINE_N:-200}
+RELAX_BASELINE_N=${RELAX_BASELINE_N:-50}
+GRAPH_WORKERS=${GRAPH_WORKERS:-8}
+N_JOBS=${N_JOBS:-8}
+
+stage install
+install_site xtalforge.data.mp20 chgnet.model pymatgen.analysis.phase_diagram smact maggma.stores
+
+CT="python3 $D/code/benchmarks/campaign_throughput.py --checkpoint $CKPT --data-dir $DATA_DIR --device cuda"
+stage round_sp
+[ -f "$D/round_sp.json" ] || $CT --n "$N" --batch-size 512 --graph-workers "$GRAPH_WORKERS" \
+    --n-jobs "$N_JOBS" --baseline-n "$BASELINE_N" --out "$D/round_sp.json" > "$D/round_sp.log" 2>&1 \
+    || { stage failed-round_sp; exit 13; }
+
+stage profile
+[ -f "$D/profile.json" ] || python3 "$D/code/benchmarks/chgnet_profile.py" --device cuda --n 4096 \
+    --batch-sizes 256 1024 --graph-workers "$GRAPH_WORKERS" ${STRUCTURES:+--structures "$STRUCTURES"} --out "$D/profile.json" \
+    > "$D/profile.log" 2>&1 || stage failed-profile
+
+stage round_relax
+[ -f "$D/round_relax.json" ] || $CT --n "$NRELAX" --relax --fmax 0.05 --steps 300 \
+    --n-jobs "$N_JOBS" --baseline-n "$RELAX_BASELINE_N" --out "$D/round_relax.json" \
+    > "$D/round_relax.log" 2>&1 || { stage failed-round_relax; exit 14; }
+stage done
+echo "== total $(( $(date +%s) - T0 ))s"
