@@ -31,7 +31,7 @@ GRAPH_WORKERS=${GRAPH_WORKERS:-8}
 N_JOBS=${N_JOBS:-8}
 
 stage install
-install_site xtalforge.data.mp20 chgnet.model pymatgen.analysis.phase_diagram smact maggma.stores
+install_site xtalforge.data.mp20 chgnet.model pymatgen.analysis.phase_diagram smact maggma.stores numexpr tables
 
 CT="python3 $D/code/benchmarks/campaign_throughput.py --checkpoint $CKPT --data-dir $DATA_DIR --device cuda"
 stage round_sp
