@@ -450,3 +450,17 @@ def test_finetune_decoder_rejects_negative_noise(trained, structures):
 
     with pytest.raises(ValueError, match="noise_max"):
         finetune_decoder(trained[0], structures, noise_max=-0.1, steps=1)
+
+
+def test_dit_b_preset_is_the_scaling_recipe_and_builds_through_the_maker():
+    from xtalforge.makers.pretrain import _preset
+    from xtalforge.models.generator import GeneratorConfig
+
+    cfg = GeneratorConfig.dit_b()
+    assert (cfg.dit.depth, cfg.dit.hidden_dim, cfg.dit.num_heads) == (12, 768, 12)
+    assert (cfg.vae.hidden_dim, cfg.vae.encoder_layers, cfg.vae.decoder_layers) == (256, 4, 4)
+    assert cfg.vae.w_kl == 1e-3
+    assert GeneratorConfig.medium().vae.w_kl != 1e-3  # the preset does not alter medium
+    assert _preset("dit_b", max_atoms=20).to_dict() == cfg.to_dict()
+    with pytest.raises(ValueError, match="unknown generator preset 'ditb'"):
+        _preset("ditb", max_atoms=20)

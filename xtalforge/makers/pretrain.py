@@ -72,6 +72,7 @@ def _preset(config: str | dict[str, Any], max_atoms: int):
     presets = {
         "tiny": GeneratorConfig.tiny,
         "medium": GeneratorConfig.medium,
+        "dit_b": GeneratorConfig.dit_b,
         "paper": GeneratorConfig.paper,
     }
     if config not in presets:
