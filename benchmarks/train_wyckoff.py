@@ -365,8 +365,8 @@ def cmd_sft(args) -> None:
 FIG4_SPACE_GROUPS = (1, 2, 12, 14, 62, 63, 123, 139, 164, 166, 191, 194, 221, 225)
 
 
-def sun_per_spacegroup_json(samples_by_model: dict, hull_convention: str, mlip: str,
-                            symprec: float = 0.1) -> dict:
+def sun_per_spacegroup_json(samples_by_model: dict, hull_convention: dict | str | None,
+                            mlip: str, symprec: float = 0.1) -> dict:
     """The ``sun-per-spacegroup`` table of space-group-conditioned samples, JSON-ready.
 
     Parameters
@@ -453,7 +453,7 @@ def cmd_compare(args) -> None:
         "rows_missing": missing,
         "space_groups": groups,
         "spacegroup_rows": sg_rows,
-        "sun_per_spacegroup": sun_per_spacegroup_json(samples, str(hull), args.mlip),
+        "sun_per_spacegroup": sun_per_spacegroup_json(samples, hull, args.mlip),
         "protocol": {"rows": "eval: samples from the training space-group distribution, "
                              "seed --eval-seed, CHGNet single points, MP-20 formation hull",
                      "per_space_group": f"{args.n_per_group} samples per space group "

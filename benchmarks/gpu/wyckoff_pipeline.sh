@@ -19,6 +19,8 @@
 #            base model relaxed with CHGNet (SFTRELAX=0: single points), keep E_hull < 0.1
 #            eV/atom on the same hull, fine-tune the base on them (SFTEPOCHS epochs, batch 100,
 #            lr 1e-5); the selection is kept in $D/sft_selected.json.gz; then eval (label sft).
+#            The relaxation is batched through torch-sim where it is installed, else one
+#            structure at a time with ASE (hours for 10,000: lower SFTN or set SFTRELAX=0).
 # 5. compare base vs PPO vs SFT with identical screening: the three eval rows (NSAMPLES
 #            samples each) and, per model, NSG samples in each of SPACEGROUPS (default the 14
 #            space groups of Cao & Wang 2025 Fig. 4) with CHGNet single points and the same
