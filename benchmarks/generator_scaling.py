@@ -200,14 +200,21 @@ class Screener:
         self.reference = ReferenceSet(split.reference, split.reference_ids)
         self.split = split.fingerprint
 
-    def __call__(self, gen, label: dict) -> tuple[dict, list]:
+    def __call__(self, gen, label: dict, n: int | None = None, **conditions) -> tuple[dict, list]:
+        """Screen ``n`` (default ``--n-samples``) samples of ``gen``; return (row, samples).
+
+        ``conditions`` go to ``gen.generate`` (e.g. ``space_group`` for the Wyckoff
+        transformer); the samples carry their screening flags (``stable``, ``metastable``,
+        ``sun``, ``msun``).
+        """
         from xtalforge.rewards.resources import GuardedEnergyModel
         from xtalforge.screening.screen import screen_structures
 
         a = self.args
+        n = n or a.n_samples
         t0 = time.perf_counter()
-        res = gen.generate(a.n_samples, seed=a.eval_seed, batch_size=500, device=a.device,
-                           dtype="fp32", steps=50, eta=1.0, use_ema=True)
+        res = gen.generate(n, seed=a.eval_seed, batch_size=500, device=a.device,
+                           dtype="fp32", steps=50, eta=1.0, use_ema=True, **conditions)
         t1 = time.perf_counter()
         records, summary = screen_structures(
             res.structures, GuardedEnergyModel(self.model, 2.0), self.hull,
@@ -215,25 +222,27 @@ class Screener:
         e = np.array([r.get("e_above_hull") if r.get("e_above_hull") is not None else np.nan
                       for r in records], dtype=float)
         fin = e[np.isfinite(e)]
-        row = {**label, "n": a.n_samples, "metastability": summary["metastability"],
+        row = {**label, "n": n, "metastability": summary["metastability"],
                "mSUN": summary["mSUN"], "SUN": summary["SUN"],
                "uniqueness": summary["uniqueness"], "novelty": summary["novelty"],
                "smact_validity": summary["smact_validity"],
                "structural_validity": summary["structural_validity"],
-               "frac_decoded": res.num_valid / a.n_samples,
+               "frac_decoded": res.num_valid / n,
                "e_hull_median": float(np.median(fin)) if fin.size else None,
-               "frac_e_hull_below_0.5": float((fin < 0.5).sum() / a.n_samples),
-               "frac_e_hull_below_1": float((fin < 1.0).sum() / a.n_samples),
+               "frac_e_hull_below_0.5": float((fin < 0.5).sum() / n),
+               "frac_e_hull_below_1": float((fin < 1.0).sum() / n),
                "n_distinct_formulas": len({s.composition.reduced_formula
                                            for s in res.structures if s is not None}),
                "t_sample_s": t1 - t0, "t_screen_s": time.perf_counter() - t1,
-               "protocol": {"samples": a.n_samples, "seed": a.eval_seed, "ddim_steps": 50,
+               "protocol": {"samples": n, "seed": a.eval_seed, "ddim_steps": 50,
                             "eta": 1.0, "mlip": a.mlip, "mode": "single point",
                             "hull_convention": self.hull.convention,
                             "novelty_reference": "MP-20 val + test", "split": self.split}}
-        samples = [{"structure": None if s is None else s.as_dict(), "e_above_hull": r.get(
-            "e_above_hull"), "error": r.get("error")} for s, r in zip(res.structures, records,
-                                                                   strict=True)]
+        flags = ("stable", "metastable", "sun", "msun")
+        samples = [{"structure": None if s is None else s.as_dict(),
+                    "e_above_hull": r.get("e_above_hull"), "error": r.get("error"),
+                    **{k: r.get(k) for k in flags}}
+                   for s, r in zip(res.structures, records, strict=True)]
         return row, samples
 
 

@@ -21,6 +21,23 @@ with ``bash benchmarks/gpu/pipeline.sh start wyckoff_pipeline``):
     eps 0.2, 3 updates per batch, EMA baseline 0.95), resumable from ``ppo_state.pt``; per-step
     curves in ``ppo.jsonl`` (reward, KL to the base, metastable fraction ...), the policy in
     ``ppo.pt``.
+``sft``
+    The supervised fine-tuning baseline of Cao & Wang 2025 (Fig. 5): sample ``--n-samples``
+    crystals of the base model (paper: 10,000), relax them with the MLIP (CHGNet here, Orb in
+    the paper; ``--no-relax`` for single points) against the same MP-20 hull, keep those with
+    ``E_hull < --threshold`` (0.1 eV/atom) and fine-tune the base model on them by maximum
+    likelihood (paper: 55 epochs, batch 100, lr 1e-5). The selection is stored in
+    ``sft_selected.json.gz`` (a rerun fine-tunes without sampling again); the model in
+    ``sft.pt``; rows in ``sft.jsonl``.
+``compare``
+    Base vs PPO vs SFT under identical screening: the ``eval`` rows of the given labels
+    (2,000 samples from the training space-group distribution each) plus, per model and per
+    space group of ``--space-groups`` (default: the 14 groups of Cao & Wang 2025 Fig. 4, two
+    per crystal system), ``--n-per-group`` samples with that group fixed, screened the same
+    way; one row per (model, group) in ``spacegroups.jsonl`` (a rerun skips those done), then
+    ``compare.json``: the rows and the ``sun-per-spacegroup`` table
+    (:func:`xtalforge.reports.tables.sun_per_spacegroup_table`, rows per target space group,
+    S.U.N. / mSUN / S.S.U.N. fractions).
 
 Example (CPU, toy size)::
 
@@ -29,6 +46,10 @@ Example (CPU, toy size)::
         --n-samples 20
     python benchmarks/train_wyckoff.py ppo --out out/wy --checkpoint out/wy/wyckoff.pt \
         --steps 2 --batch-size 16
+    python benchmarks/train_wyckoff.py sft --out out/wy --checkpoint out/wy/wyckoff.pt \
+        --n-samples 32 --epochs 1
+    python benchmarks/train_wyckoff.py compare --out out/wy --models base=out/wy/wyckoff.pt \
+        ppo=out/wy/ppo.pt sft=out/wy/sft.pt --n-per-group 8 --space-groups 225 14
 """
 
 from __future__ import annotations
@@ -270,6 +291,192 @@ def cmd_ppo(args) -> None:
     logger.info("PPO done at step %d (%s)", trainer.step, trainer.stop_reason or "max steps")
 
 
+# -------------------------------------------------------------------------------------- sft
+def cmd_sft(args) -> None:
+    import gzip
+
+    from generator_scaling import Screener
+    from pymatgen.core import Structure
+
+    from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
+    from xtalforge.rl.sft import select_stable, supervised_finetune
+    from xtalforge.screening.screen import screen_structures
+
+    out = Path(args.out)
+    args.workers = args.workers or 1
+    sel_path = out / "sft_selected.json.gz"
+    gen = WyckoffTransformerGenerator.load(args.checkpoint, map_location=args.device)
+    protocol = {"samples": args.n_samples, "seed": args.eval_seed, "mlip": args.mlip,
+                "mode": "relaxed" if args.relax else "single point",
+                "threshold_ev_per_atom": args.threshold, "epochs": args.epochs,
+                "batch_size": args.batch_size, "lr": args.lr}
+    if sel_path.is_file():
+        with gzip.open(sel_path, "rt") as fh:
+            sel = json.load(fh)
+        kept = [Structure.from_dict(d) for d in sel["structures"]]
+        logger.info("SFT: %d selected structures read from %s", len(kept), sel_path)
+    else:
+        screener = Screener(args)
+        t = time.perf_counter()
+        res = gen.generate(args.n_samples, seed=args.eval_seed, batch_size=500,
+                           device=args.device)
+        relax_kwargs = {"steps": args.relax_steps, "fmax": args.fmax}
+        records, summary = screen_structures(
+            res.structures, screener.model, screener.hull,
+            reference_structures=screener.reference, relax=args.relax,
+            relax_kwargs=relax_kwargs if args.relax else None, n_jobs=args.n_jobs,
+            include_structures=args.relax)
+        kept, idx = select_stable(res.structures, records, args.threshold)
+        protocol["hull_convention"] = screener.hull.convention
+        sel = {"indices": idx, "structures": [s.as_dict() for s in kept],
+               "protocol": protocol}
+        tmp = sel_path.with_suffix(".tmp")
+        with gzip.open(tmp, "wt") as fh:
+            json.dump(sel, fh)
+        os.replace(tmp, sel_path)
+        _append(out / "sft.jsonl", {
+            "stage": "select", "checkpoint": str(args.checkpoint), "n_samples": args.n_samples,
+            "n_selected": len(kept), "frac_selected": len(kept) / max(args.n_samples, 1),
+            "screen_summary": {k: v for k, v in summary.items()
+                               if isinstance(v, (int, float, str, bool))},
+            "t_screen_s": time.perf_counter() - t, "device": _device_name(args.device),
+            "protocol": protocol})
+        logger.info("SFT: %d/%d samples below %.3g eV/atom", len(kept), args.n_samples,
+                    args.threshold)
+    if not kept:
+        raise SystemExit(f"SFT: no sample below {args.threshold} eV/atom: nothing to fine-tune "
+                         f"on ({sel_path})")
+    hist = supervised_finetune(gen, kept, epochs=args.epochs, batch_size=args.batch_size,
+                               lr=args.lr, device=args.device, seed=args.seed,
+                               log_every=max(1, args.log_every))
+    sha = gen.save(out / "sft.pt")
+    _append(out / "sft.jsonl", {
+        "stage": "finetune", "final": True, "n_train": len(kept), "steps": hist.get("steps"),
+        "loss_first": hist["loss"][0] if hist.get("loss") else None,
+        "loss_last": hist["loss"][-1] if hist.get("loss") else None,
+        "wall_time_s": hist.get("wall_time_s"), "path": str(out / "sft.pt"), "sha256": sha,
+        "base_checkpoint": str(args.checkpoint), "device": _device_name(args.device),
+        "protocol": sel.get("protocol", protocol)})
+    logger.info("SFT done: %s steps on %d structures", hist.get("steps"), len(kept))
+
+
+# ---------------------------------------------------------------------------------- compare
+# Cao & Wang 2025 Fig. 4: 14 space groups, two per crystal system (those of Zeni et al. 2025)
+FIG4_SPACE_GROUPS = (1, 2, 12, 14, 62, 63, 123, 139, 164, 166, 191, 194, 221, 225)
+
+
+def sun_per_spacegroup_json(samples_by_model: dict, hull_convention: dict | str | None,
+                            mlip: str, symprec: float = 0.1) -> dict:
+    """The ``sun-per-spacegroup`` table of space-group-conditioned samples, JSON-ready.
+
+    Parameters
+    ----------
+    samples_by_model
+        ``{label: {space_group: [sample, ...]}}`` with samples as written by the screener
+        (``structure`` dict or ``None``, flags ``stable``, ``metastable``, ``sun``, ``msun``).
+    hull_convention, mlip
+        Stated on every row (the table's footnotes list them).
+    symprec
+        Tolerance of the detected space group (S.S.U.N.: detected = requested).
+    """
+    import pandas as pd
+
+    from xtalforge.reports.tables import sun_per_spacegroup_table
+
+    rows = []
+    for label, by_group in samples_by_model.items():
+        for g, samples in by_group.items():
+            for s in samples:
+                rows.append({"model": label, "target_spacegroup": int(g),
+                             "structure": s.get("structure"), "stage": "sample",
+                             "hull_convention": hull_convention, "mlip": mlip,
+                             **{k: s.get(k) for k in ("stable", "metastable", "sun", "msun")}})
+    df = pd.DataFrame(rows)
+    t = sun_per_spacegroup_table(df, symprec=symprec, group_by="model",
+                                 target_col="target_spacegroup")
+    data = t.data.astype(object).where(t.data.notna(), None)
+    return {"caption": t.caption, "footnotes": list(t.footnotes),
+            "rows": data.to_dict(orient="records")}
+
+
+def cmd_compare(args) -> None:
+    import gzip
+
+    from generator_scaling import Screener
+
+    from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
+
+    out = Path(args.out)
+    args.workers = args.workers or 1
+    bad = [m for m in args.models if "=" not in m]
+    if bad:
+        raise SystemExit(f"--models takes label=checkpoint pairs, not {bad}")
+    models = dict(m.split("=", 1) for m in args.models)
+    args.n_samples = args.n_per_group
+    groups = [int(g) for g in args.space_groups]
+    sg_file = out / "spacegroups.jsonl"
+    done = {(r["label"], r["space_group"]) for r in _read_jsonl(sg_file)}
+    todo = [(lab, g) for lab in models for g in groups if (lab, g) not in done]
+    screener = Screener(args) if todo else None
+    for lab, path in models.items():
+        if not any(lb == lab for lb, _ in todo):
+            continue
+        gen = WyckoffTransformerGenerator.load(path, map_location=args.device)
+        for g in groups:
+            if (lab, g) in done:
+                continue
+            row, samples = screener(gen, {"label": lab, "checkpoint": str(path),
+                                          "space_group": g}, n=args.n_per_group,
+                                    space_group=g)
+            row["protocol"].pop("ddim_steps", None)
+            row["protocol"].pop("eta", None)
+            row["protocol"]["sampler"] = f"Wyckoff transformer, temperature 1, space group {g}"
+            row["device"] = _device_name(args.device)
+            with gzip.open(out / f"samples_sg_{lab}_{g}.json.gz", "wt") as fh:
+                json.dump(samples, fh)
+            _append(sg_file, row)  # after the samples: a row means both are complete
+            logger.info("compare %s, space group %d: mSUN %.1f%%, metastable %.1f%%", lab, g,
+                        100 * row["mSUN"], 100 * row["metastability"])
+    sg_rows = [r for r in _read_jsonl(sg_file) if r["label"] in models
+               and r["space_group"] in groups]
+    samples = {lab: {} for lab in models}
+    for r in sg_rows:
+        with gzip.open(out / f"samples_sg_{r['label']}_{r['space_group']}.json.gz", "rt") as fh:
+            samples[r["label"]][r["space_group"]] = json.load(fh)
+    hull = sg_rows[0]["protocol"]["hull_convention"] if sg_rows else None
+    eval_rows = {r["label"]: {k: v for k, v in r.items() if k != "spacegroup_per_sample"}
+                 for r in _read_jsonl(out / "eval.jsonl") if r.get("label") in models}
+    missing = sorted(set(models) - set(eval_rows))
+    result = {
+        "models": models,
+        "rows": [eval_rows[lab] for lab in models if lab in eval_rows],
+        "rows_missing": missing,
+        "space_groups": groups,
+        "spacegroup_rows": sg_rows,
+        "sun_per_spacegroup": sun_per_spacegroup_json(samples, hull, args.mlip),
+        "protocol": {"rows": "eval: samples from the training space-group distribution, "
+                             "seed --eval-seed, CHGNet single points, MP-20 formation hull",
+                     "per_space_group": f"{args.n_per_group} samples per space group "
+                                        f"(fixed), seed {args.eval_seed}, same screening",
+                     "mlip": args.mlip, "mode": "single point", "hull_convention": hull,
+                     "sun": "Cao & Wang 2025's S.U.N. (E_hull < 0.1 eV/atom) is mSUN here"},
+    }
+    tmp = out / "compare.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, out / "compare.json")
+    if missing:
+        logger.warning("compare: no eval row for %s (run eval with those labels)", missing)
+    logger.info("compare.json written: %d eval rows, %d (model, space group) rows",
+                len(result["rows"]), len(sg_rows))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -317,13 +524,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--eval-samples", type=int, default=500)
     p.add_argument("--checkpoint-every", type=int, default=5)
+    p = sub.add_parser("sft")
+    common(p)
+    screening(p)
+    p.add_argument("--n-samples", type=int, default=10_000)
+    p.add_argument("--threshold", type=float, default=0.1, help="E_hull cut (eV/atom)")
+    p.add_argument("--relax", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--relax-steps", type=int, default=200)
+    p.add_argument("--fmax", type=float, default=0.1)
+    p.add_argument("--epochs", type=float, default=55)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--log-every", type=int, default=50)
+    p = sub.add_parser("compare")
+    common(p)
+    p.add_argument("--models", nargs="+", required=True, help="label=checkpoint ...")
+    p.add_argument("--mlip", default="chgnet")
+    p.add_argument("--n-jobs", type=int, default=4)
+    p.add_argument("--eval-seed", type=int, default=12345)
+    p.add_argument("--n-per-group", type=int, default=1000)
+    p.add_argument("--space-groups", nargs="+", default=list(FIG4_SPACE_GROUPS))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stdout)
     for noisy in ("xtalforge.screening", "chgnet"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    {"train": cmd_train, "eval": cmd_eval, "ppo": cmd_ppo}[args.cmd](args)
+    {"train": cmd_train, "eval": cmd_eval, "ppo": cmd_ppo, "sft": cmd_sft,
+     "compare": cmd_compare}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,28 @@
 # 3. ppo     PPO with r = -E_hull (tau KL, 3 updates per batch, eps 0.2, EMA baseline 0.95),
 #            PPOSTEPS steps of PPOBATCH samples, resumable ($D/ppo_state.pt), then eval of the
 #            fine-tuned policy with the same protocol (label ppo).
+# 4. sft     the supervised fine-tuning baseline of Cao & Wang 2025 Fig. 5: SFTN samples of the
+#            base model relaxed with CHGNet (SFTRELAX=0: single points), keep E_hull < 0.1
+#            eV/atom on the same hull, fine-tune the base on them (SFTEPOCHS epochs, batch 100,
+#            lr 1e-5); the selection is kept in $D/sft_selected.json.gz; then eval (label sft).
+#            The relaxation is batched through torch-sim where it is installed, else one
+#            structure at a time with ASE (hours for 10,000: lower SFTN or set SFTRELAX=0).
+# 5. compare base vs PPO vs SFT with identical screening: the three eval rows (NSAMPLES
+#            samples each) and, per model, NSG samples in each of SPACEGROUPS (default the 14
+#            space groups of Cao & Wang 2025 Fig. 4) with CHGNet single points and the same
+#            hull, resumable per (model, group) in $D/spacegroups.jsonl; one JSON of rows and
+#            the S.U.N. fraction per space group in $D/compare.json.
 # A stage whose output exists is skipped, so the script resumes where a killed run stopped.
-# wyckoff.pt and ppo.pt are listed in $D/EXPORT.
+# wyckoff.pt, ppo.pt and sft.pt are listed in $D/EXPORT.
 #
 # Environment: D (work folder, default out/wyckoff_pipeline), DATA_DIR (MP-20 CSVs, default
 # ../shared/data/mp20), WHEELS (a folder of wheels installed into $D/site first, optional: a host
 # that cannot reach PyPI needs the pure-Python pyxtal wheel there, made with
 # `pip download pyxtal==1.1.5 --no-deps -d $WHEELS`; of its dependencies only ase, networkx,
 # pandas, scipy and spglib are imported, which the project's environment has), MODEL,
-# STEPS, BATCH, LR, TRAINM, SNAP, NSAMPLES, PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch),
-# KL (tau), DEVICE.
+# STEPS, BATCH, LR, TRAINM, SNAP, LIMIT (first N training crystals, for smoke runs), NSAMPLES,
+# PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch), KL (tau), PPOEVAL (PPO eval samples), SFTN,
+# SFTEPOCHS, SFTRELAX (1/0), NSG, SPACEGROUPS (space-separated numbers), NJOBS, DEVICE.
 set -o pipefail
 PIPELINE=wyckoff_pipeline
 source benchmarks/gpu/lib.sh
@@ -40,35 +52,60 @@ PPOSTEPS=${PPOSTEPS:-100}
 PPOBATCH=${PPOBATCH:-1000}
 PPOMB=${PPOMB:-250}
 KL=${KL:-0.1}
+PPOEVAL=${PPOEVAL:-500}
+SFTN=${SFTN:-10000}
+SFTEPOCHS=${SFTEPOCHS:-55}
+SFTRELAX=${SFTRELAX:-1}
+NSG=${NSG:-1000}
+SPACEGROUPS=${SPACEGROUPS:-1 2 12 14 62 63 123 139 164 166 191 194 221 225}
+NJOBS=${NJOBS:-8}
+LIMIT=${LIMIT:-}
 DEVICE=${DEVICE:-cuda}
 stage install
 install_site pyxtal xtalforge.models.wyckoff.generator chgnet.model smact
 
 TW="python3 $D/code/benchmarks/train_wyckoff.py"
-COMMON="--out $D --data-dir $DATA_DIR --device $DEVICE --workers 8"
+COMMON="--out $D --data-dir $DATA_DIR --device $DEVICE --workers $NJOBS"
 
 stage train
 until [ -f $D/wyckoff.pt ]; do
   $TW train $COMMON --model $MODEL --steps $STEPS --batch-size $BATCH --lr $LR --tf32 \
-    --minutes $TRAINM --snapshot-every $SNAP || { stage failed-train; exit 13; }
+    --minutes $TRAINM --snapshot-every $SNAP ${LIMIT:+--limit $LIMIT} \
+    || { stage failed-train; exit 13; }
 done
 grep '"final"' $D/train.jsonl | tail -1 | cut -c1-400
 export_ckpt $D/wyckoff.pt
 
 stage eval-base
 grep -q '"label": "base"' $D/eval.jsonl 2>/dev/null || \
-  $TW eval $COMMON --checkpoint $D/wyckoff.pt --n-samples $NSAMPLES --n-jobs 8 --label base \
+  $TW eval $COMMON --checkpoint $D/wyckoff.pt --n-samples $NSAMPLES --n-jobs $NJOBS --label base \
   || { stage failed-eval; exit 14; }
 
 stage ppo
 [ -f $D/ppo.pt ] || $TW ppo $COMMON --checkpoint $D/wyckoff.pt --steps $PPOSTEPS \
-  --batch-size $PPOBATCH --minibatch-size $PPOMB --kl-coef $KL --n-jobs 8 --eval-every 10 \
-  --eval-samples 500 || { stage failed-ppo; exit 15; }
+  --batch-size $PPOBATCH --minibatch-size $PPOMB --kl-coef $KL --n-jobs $NJOBS --eval-every 10 \
+  --eval-samples $PPOEVAL || { stage failed-ppo; exit 15; }
 export_ckpt $D/ppo.pt
 
 stage eval-ppo
 grep -q '"label": "ppo"' $D/eval.jsonl 2>/dev/null || \
-  $TW eval $COMMON --checkpoint $D/ppo.pt --n-samples $NSAMPLES --n-jobs 8 --label ppo \
+  $TW eval $COMMON --checkpoint $D/ppo.pt --n-samples $NSAMPLES --n-jobs $NJOBS --label ppo \
   || { stage failed-eval-ppo; exit 16; }
+
+stage sft
+[ -f $D/sft.pt ] || $TW sft $COMMON --checkpoint $D/wyckoff.pt --n-samples $SFTN \
+  --epochs $SFTEPOCHS --batch-size 100 --lr 1e-5 --n-jobs $NJOBS \
+  $([ "$SFTRELAX" = 0 ] && echo --no-relax) || { stage failed-sft; exit 17; }
+export_ckpt $D/sft.pt
+
+stage eval-sft
+grep -q '"label": "sft"' $D/eval.jsonl 2>/dev/null || \
+  $TW eval $COMMON --checkpoint $D/sft.pt --n-samples $NSAMPLES --n-jobs $NJOBS --label sft \
+  || { stage failed-eval-sft; exit 18; }
+
+stage compare
+[ -f $D/compare.json ] || $TW compare $COMMON --models base=$D/wyckoff.pt ppo=$D/ppo.pt \
+  sft=$D/sft.pt --n-per-group $NSG --space-groups $SPACEGROUPS --n-jobs $NJOBS \
+  || { stage failed-compare; exit 19; }
 stage done
 echo "== total $(( $(date +%s) - T0 ))s"

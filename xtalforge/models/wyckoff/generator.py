@@ -166,8 +166,12 @@ class WyckoffTransformerGenerator(nn.Module):
     def sample_sequences(self, n: int, conditions: SampleConditions | None = None, *,
                          seed: int = 0, device: str | torch.device = "cpu",
                          batch_size: int = 1000, temperature: float = 1.0,
-                         progress: bool | None = None) -> tuple[SequenceBatch, torch.Tensor]:
+                         progress: bool | None = None, use_cache: bool = True
+                         ) -> tuple[SequenceBatch, torch.Tensor]:
         """Sample ``n`` token sequences and their log-probabilities (reproducible per seed).
+
+        ``use_cache=False`` decodes without the key/value cache (the full prefix per token;
+        same draws up to rounding, slower; see :meth:`WyckoffTransformer.sample`).
 
         Returns
         -------
@@ -188,7 +192,8 @@ class WyckoffTransformerGenerator(nn.Module):
             for start in tqdm(range(0, n, batch_size), desc="sample", disable=disable,
                               leave=False):
                 sl = slice(start, start + batch_size)
-                b, lp = self.model.sample(groups[sl].to(device), na[sl].to(device), temperature)
+                b, lp = self.model.sample(groups[sl].to(device), na[sl].to(device), temperature,
+                                          use_cache=use_cache)
                 out.append(b)
                 lps.append(lp)
         return SequenceBatch.cat(out), torch.cat(lps)

@@ -40,7 +40,7 @@ sampling records, so a sample's recorded log-probability equals its teacher-forc
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -210,6 +210,20 @@ class SequenceBatch:
         return out
 
 
+@dataclass
+class _KVCache:
+    """Keys and values ``[B, heads, T, d_head]`` per layer and the outputs ``[B, d]`` so far."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    outputs: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        """Positions fed so far."""
+        return len(self.outputs)
+
+
 def lattice_to_tokens(params: np.ndarray, num_atoms_conventional: int) -> torch.Tensor:
     """Map ``(a, b, c, alpha, beta, gamma)`` (Å, degrees) to ``(log a', ..., radians)``."""
     p = np.asarray(params, dtype=float)
@@ -369,25 +383,46 @@ class WyckoffTransformer(nn.Module):
         ang = 2 * math.pi * x.unsqueeze(-1) * k
         return torch.cat([torch.sin(ang), torch.cos(ang)], -1)
 
-    def _tokens(self, b: SequenceBatch, length: int | None = None) -> torch.Tensor:
-        """Input embeddings ``[B, T, d]`` of the first ``length`` tokens."""
-        cfg = self.config
-        g, w, a, x = b.group, b.letters, b.elements, b.coords
-        bsz, s1 = w.shape
-        cond = self.proj_g(self.emb_group(g)).unsqueeze(1)  # the group conditions every token
+    def _site_tokens(self, g: torch.Tensor, w: torch.Tensor, a: torch.Tensor, x: torch.Tensor,
+                     first_slot: int = 0) -> torch.Tensor:
+        """Embeddings ``[B, s, 5, d]`` of the ``(W, A, X, Y, Z)`` tokens of ``s`` slots.
+
+        ``w``, ``a`` are ``[B, s]``, ``x`` is ``[B, s, 3]``; the slots start at ``first_slot``.
+        The space-group condition is not added here.
+        """
+        s1 = w.shape[1]
         gw = g.unsqueeze(1).expand(-1, s1)
         mult = self.t_mult[gw, w].float()
         feat = torch.stack([torch.log1p(mult), self.t_dof[gw, w].float()], -1)
         tok_w = self.proj_w(torch.cat([self.emb_wp(self.t_wpi[gw, w]), feat], -1))
         tok_a = self.proj_a(self.emb_el(a))
-        free = self.t_free[gw, w]  # [B, S1, 3]
-        fx = self.proj_x(self._fourier(x))  # [B, S1, 3, d]
+        free = self.t_free[gw, w]  # [B, s, 3]
+        fx = self.proj_x(self._fourier(x))  # [B, s, 3, d]
         tok_x = torch.where(free.unsqueeze(-1), fx, self.x_fixed)
-        site = torch.cat([tok_w.unsqueeze(2), tok_a.unsqueeze(2), tok_x], 2)  # [B, S1, 5, d]
-        site = site + self.emb_type.weight[1:6] + self.emb_slot.weight[:s1].unsqueeze(1)
+        site = torch.cat([tok_w.unsqueeze(2), tok_a.unsqueeze(2), tok_x], 2)  # [B, s, 5, d]
+        slots = self.emb_slot.weight[first_slot : first_slot + s1]
+        return site + self.emb_type.weight[1:6] + slots.unsqueeze(1)
+
+    def _tokens(self, b: SequenceBatch, length: int | None = None) -> torch.Tensor:
+        """Input embeddings ``[B, T, d]`` of the first ``length`` tokens."""
+        cfg = self.config
+        bsz, s1 = b.letters.shape
+        cond = self.proj_g(self.emb_group(b.group)).unsqueeze(1)  # conditions every token
+        site = self._site_tokens(b.group, b.letters, b.elements, b.coords)
         site = site.reshape(bsz, s1 * 5, -1)[:, : 5 * cfg.max_sites + 1]  # ends at W_S
         tok = torch.cat([self.emb_type.weight[0].expand(bsz, 1, -1), site], 1) + cond
         return tok if length is None else tok[:, :length]
+
+    def _token_at(self, b: SequenceBatch, pos: int) -> torch.Tensor:
+        """Input embedding ``[B, d]`` of the token at position ``pos`` (as in :meth:`_tokens`)."""
+        cond = self.proj_g(self.emb_group(b.group))
+        if pos == 0:
+            return self.emb_type.weight[0].expand(len(b), -1) + cond
+        slot, part = divmod(pos - 1, 5)
+        sl = slice(slot, slot + 1)
+        site = self._site_tokens(b.group, b.letters[:, sl], b.elements[:, sl], b.coords[:, sl],
+                                 first_slot=slot)
+        return site[:, 0, part] + cond
 
     def hidden(self, b: SequenceBatch, length: int | None = None) -> torch.Tensor:
         """Return the transformer outputs ``[B, T, d]`` (causal) of the first ``length`` tokens."""
@@ -395,6 +430,47 @@ class WyckoffTransformer(nn.Module):
         t = x.shape[1]
         mask = torch.triu(torch.full((t, t), float("-inf"), device=x.device), 1)
         return self.norm(self.encoder(x, mask=mask, is_causal=True))
+
+    def _new_cache(self, batch_size: int) -> _KVCache:
+        """Return an empty key/value cache for ``batch_size`` sequences of ``seq_len`` tokens."""
+        cfg = self.config
+        shape = (batch_size, cfg.num_heads, self.seq_len, cfg.d_model // cfg.num_heads)
+        dtype = self.x_fixed.dtype
+        return _KVCache(
+            keys=[torch.empty(shape, dtype=dtype, device=self.device)
+                  for _ in range(cfg.num_layers)],
+            values=[torch.empty(shape, dtype=dtype, device=self.device)
+                    for _ in range(cfg.num_layers)])
+
+    def _step(self, tok: torch.Tensor, cache: _KVCache) -> torch.Tensor:
+        """Feed the next token ``[B, d]``; return its transformer output ``[B, d]``.
+
+        The same computation as :meth:`hidden` for the last position (pre-norm encoder layers,
+        causal attention) with the keys and values of the earlier positions read from
+        ``cache`` instead of recomputed: one position per layer instead of the whole prefix.
+        """
+        pos = cache.length
+        if pos >= self.seq_len:
+            raise ValueError(f"the cache holds {self.seq_len} positions")
+        x = tok.unsqueeze(1)  # [B, 1, d]
+        bsz = x.shape[0]
+        for layer, kc, vc in zip(self.encoder.layers, cache.keys, cache.values, strict=True):
+            sa = layer.self_attn
+            q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+            q, k, v = (t.view(bsz, 1, sa.num_heads, -1).transpose(1, 2) for t in (q, k, v))
+            kc[:, :, pos : pos + 1] = k
+            vc[:, :, pos : pos + 1] = v
+            att = F.scaled_dot_product_attention(
+                q, kc[:, :, : pos + 1], vc[:, :, : pos + 1],
+                dropout_p=sa.dropout if self.training else 0.0)
+            x = x + layer.dropout1(sa.out_proj(att.transpose(1, 2).reshape(bsz, 1, -1)))
+            ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x)))))
+            x = x + layer.dropout2(ff)
+        if self.encoder.norm is not None:
+            x = self.encoder.norm(x)
+        out = self.norm(x[:, 0])
+        cache.outputs.append(out)
+        return out
 
     # ------------------------------------------------------------------ masks
     def letter_mask(self, group: torch.Tensor, prev: torch.Tensor, count: torch.Tensor,
@@ -531,8 +607,9 @@ class WyckoffTransformer(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, group: torch.Tensor, num_atoms: torch.Tensor | None = None,
-               temperature: float = 1.0) -> tuple[SequenceBatch, torch.Tensor]:
-        """Sample one sequence per entry of ``group`` (on ``group.device``; global RNG).
+               temperature: float = 1.0, generator: torch.Generator | None = None,
+               use_cache: bool = True) -> tuple[SequenceBatch, torch.Tensor]:
+        """Sample one sequence per entry of ``group`` (on ``group.device``).
 
         Parameters
         ----------
@@ -543,6 +620,13 @@ class WyckoffTransformer(nn.Module):
         temperature
             Softmax temperature of the discrete tokens (1: the model's distribution; only at
             1 is the returned log-probability that of the sampled distribution).
+        generator
+            Random number generator on ``group.device`` (default: the global one).
+        use_cache
+            Decode with a key/value cache (:meth:`_step`: each token costs one position
+            through the layers). ``False`` recomputes the whole prefix for every token
+            (:meth:`hidden`); both draw the same sequences from the same random state up to
+            floating-point rounding.
 
         Returns
         -------
@@ -557,32 +641,45 @@ class WyckoffTransformer(nn.Module):
         b = SequenceBatch(group, torch.zeros(bsz, s1, dtype=torch.long, device=dev),
                           torch.zeros(bsz, s1, dtype=torch.long, device=dev),
                           torch.zeros(bsz, s1, 3, device=dev), torch.zeros(bsz, 6, device=dev), na)
+        cache = self._new_cache(bsz) if use_cache else None
+
+        def out_at(pos: int) -> torch.Tensor:
+            """Return the output ``[B, d]`` at position ``pos`` (its tokens are final)."""
+            if cache is None:
+                return self.hidden(b, pos + 1)[:, -1]
+            while cache.length <= pos:
+                self._step(self._token_at(b, cache.length), cache)
+            return cache.outputs[pos]
+
+        def draw(probs: torch.Tensor) -> torch.Tensor:
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
         logp = torch.zeros(bsz, device=dev)
         alive = torch.ones(bsz, dtype=torch.bool, device=dev)
         count = torch.zeros(bsz, dtype=torch.long, device=dev)
         prev = torch.zeros(bsz, dtype=torch.long, device=dev)
         amask = self.element_allowed
         for i in range(cfg.max_sites):
-            h = self.hidden(b, 5 * i + 1)[:, -1]
+            h = out_at(5 * i)
             mask = self.letter_mask(group, prev, count, i, na)
             lps = self._masked_log_softmax(self.head_w(h), mask)
-            w = torch.multinomial((lps / temperature).softmax(-1), 1).squeeze(1)
+            w = draw((lps / temperature).softmax(-1))
             w = torch.where(alive, w, torch.zeros_like(w))
             logp += torch.where(alive, lps.gather(1, w[:, None]).squeeze(1), 0.0)
             alive = alive & (w > 0)
             b.letters[:, i] = w
             if not bool(alive.any()):
                 break
-            h = self.hidden(b, 5 * i + 2)[:, -1]
+            h = out_at(5 * i + 1)
             lps = self._masked_log_softmax(self.head_a(h), amask)
-            a = torch.multinomial((lps / temperature).softmax(-1), 1).squeeze(1)
+            a = draw((lps / temperature).softmax(-1))
             logp += torch.where(alive, lps.gather(1, a[:, None]).squeeze(1), 0.0)
             b.elements[:, i] = torch.where(alive, a, torch.zeros_like(a))
             free = self.t_free[group, w]  # [B, 3]
             for j in range(3):
-                h = self.hidden(b, 5 * i + 3 + j)[:, -1]
+                h = out_at(5 * i + 2 + j)
                 logits, mu, kappa = self._coord_params(h)
-                x = _sample_vm_mixture(logits, mu, kappa)
+                x = _sample_vm_mixture(logits, mu, kappa, generator)
                 use = alive & free[:, j]
                 logp += torch.where(use, _vm_log_prob(x, logits, mu, kappa), 0.0)
                 b.coords[:, i, j] = torch.where(use, x, torch.zeros_like(x))
@@ -594,11 +691,16 @@ class WyckoffTransformer(nn.Module):
             prev = torch.where(alive, w, prev)
         # a crystal that used every slot ends with the forced end token (probability 1)
         n_sites = (b.letters > 0).sum(1)
-        h = self.hidden(b)[torch.arange(bsz, device=dev), 1 + 5 * n_sites]
-        lg, mean, log_std = self._lattice_params(h)
-        k = torch.multinomial(lg.softmax(-1), 1).squeeze(1)
         sel = torch.arange(bsz, device=dev)
-        y = mean[sel, k] + log_std[sel, k].exp() * torch.randn(bsz, 6, device=dev)
+        if cache is None:
+            h = self.hidden(b)[sel, 1 + 5 * n_sites]
+        else:
+            out_at(1 + 5 * int(n_sites.max()))
+            h = torch.stack(cache.outputs, 1)[sel, 1 + 5 * n_sites]
+        lg, mean, log_std = self._lattice_params(h)
+        k = draw(lg.softmax(-1))
+        eps = torch.randn(bsz, 6, device=dev, generator=generator)
+        y = mean[sel, k] + log_std[sel, k].exp() * eps
         y = _tie_lattice_tokens(y, self.t_lfree[group], group, self)
         logp += _gmm_log_prob(y, lg, mean, log_std, self.t_lfree[group].float())
         b.lattice = y
@@ -631,12 +733,36 @@ def _tie_lattice_tokens(y: torch.Tensor, free: torch.Tensor, group: torch.Tensor
     return out
 
 
-def _sample_vm_mixture(logits: torch.Tensor, mu: torch.Tensor, kappa: torch.Tensor
-                       ) -> torch.Tensor:
-    """Draw ``x`` in [0, 1) from a von Mises mixture (``[B, K]`` parameters; global RNG)."""
-    k = torch.multinomial(logits.softmax(-1), 1).squeeze(1)
+def _sample_vm_mixture(logits: torch.Tensor, mu: torch.Tensor, kappa: torch.Tensor,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``x`` in [0, 1) from a von Mises mixture (``[B, K]`` parameters)."""
+    k = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
     sel = torch.arange(len(k), device=k.device)
-    vm = torch.distributions.VonMises(mu[sel, k].double(), kappa[sel, k].double())
-    theta = vm.sample().float()
+    theta = _sample_von_mises(mu[sel, k].double(), kappa[sel, k].double(), generator).float()
     x = theta / (2 * math.pi)
     return x - torch.floor(x)
+
+
+def _sample_von_mises(loc: torch.Tensor, kappa: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Von Mises draws (Best & Fisher 1979 rejection sampler, as ``torch.distributions``).
+
+    ``torch.distributions.VonMises.sample`` takes no ``generator``; this is its algorithm
+    (double precision, the Taylor form of the proposal for tiny concentrations) drawing from
+    ``generator``. Returns angles in ``[-pi, pi)``.
+    """
+    tau = 1 + (1 + 4 * kappa**2).sqrt()
+    rho = (tau - (2 * tau).sqrt()) / (2 * kappa)
+    r = torch.where(kappa < 1e-5, 1 / kappa + kappa, (1 + rho**2) / (2 * rho))
+    x = torch.zeros_like(loc)
+    done = torch.zeros(loc.shape, dtype=torch.bool, device=loc.device)
+    while not bool(done.all()):
+        u1, u2, u3 = torch.rand((3, *loc.shape), dtype=loc.dtype, device=loc.device,
+                                generator=generator).unbind()
+        z = torch.cos(math.pi * u1)
+        f = (1 + r * z) / (r + z)
+        c = kappa * (r - f)
+        accept = ~done & (((c * (2 - c) - u2) > 0) | ((c / u2).log() + 1 - c >= 0))
+        x = torch.where(accept, (u3 - 0.5).sign() * f.acos(), x)
+        done = done | accept
+    return (x + math.pi + loc) % (2 * math.pi) - math.pi
