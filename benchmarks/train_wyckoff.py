@@ -361,7 +361,9 @@ def cmd_sft(args) -> None:
 
 
 # ---------------------------------------------------------------------------------- compare
-# Cao & Wang 2025 Fig. 4: 14 space groups, two per crystal system (those of Zeni et al. 2025)
+# Cao & Wang 2025 Fig. 4 uses 14 space groups spanning the seven crystal systems, the same as
+# Zeni et al. 2025, without listing them in the text. This default is two common groups per
+# crystal system, a choice of this project, not read off the figure (--space-groups overrides).
 FIG4_SPACE_GROUPS = (1, 2, 12, 14, 62, 63, 123, 139, 164, 166, 191, 194, 221, 225)
 
 
