@@ -444,7 +444,7 @@ class ReferenceHull:
                 idx.extend(self._by_chemsys.get(frozenset(sub), ()))
         return idx
 
-    def _get_pd(self, chemsys: frozenset[str]) -> PhaseDiagram | str:
+    def _get_pd(self, chemsys: frozenset[str], cache: bool = True) -> PhaseDiagram | str:
         self._check_caches()
         cached = self._pd_cache.get(chemsys)
         if cached is not None:
@@ -461,6 +461,8 @@ class ReferenceHull:
                 result = PhaseDiagram(entries, elements=[Element(e) for e in els])
             except Exception as exc:  # noqa: BLE001 - e.g. missing terminal entries
                 result = f"cannot build hull for {'-'.join(els)}: {exc}"
+        if not cache:
+            return result
         if len(self._pd_cache) >= self.max_cache:
             self._pd_cache.pop(next(iter(self._pd_cache)))
         self._pd_cache[chemsys] = result
@@ -479,14 +481,15 @@ class ReferenceHull:
         self._energy_cache.clear()
 
     def _system_hull_energies(
-        self, chemsys: frozenset[str], comps: Sequence[Composition]
+        self, chemsys: frozenset[str], comps: Sequence[Composition], cache_pd: bool = True,
     ) -> tuple[list[float], list[str | None]]:
         """Hull energies per atom of compositions of one chemical system (in this process).
 
         Compositions with the same atomic fractions are queried once; a failed query is
-        repeated for each composition so that its reason names it.
+        repeated for each composition so that its reason names it. ``cache_pd=False`` (the
+        workers, which see each system once) does not keep the phase diagram.
         """
-        pd = self._get_pd(chemsys)
+        pd = self._get_pd(chemsys, cache=cache_pd)
         if isinstance(pd, str):
             return [math.nan] * len(comps), [pd] * len(comps)
         vals: list[float] = []
@@ -879,7 +882,8 @@ def _hull_energy_chunk(
     """Worker: hull energies of each ``(chemical system, compositions)`` task."""
     if _WORKER_HULL is None:  # pragma: no cover - only if the initializer did not run
         raise RuntimeError("hull worker started without its hull")
-    return [_WORKER_HULL._system_hull_energies(cs, comps) for cs, comps in tasks]
+    return [_WORKER_HULL._system_hull_energies(cs, comps, cache_pd=False)
+            for cs, comps in tasks]
 
 
 def elemental_chemical_potentials(
