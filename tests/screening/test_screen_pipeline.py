@@ -67,3 +67,45 @@ def test_relaxed_screen_records_convergence(setup):
     for x, y in zip(ase, recs[:2], strict=True):
         if x["relax_converged"] and y["relax_converged"]:
             assert abs(x["energy_per_atom"] - y["energy_per_atom"]) < 5e-3
+
+
+def _many_systems_hull() -> ReferenceHull:
+    binaries = {"Li2O": -2.07, "Na2O": -1.46, "K2O": -1.26, "MgO": -3.05, "CaO": -3.28,
+                "LiF": -3.19, "NaF": -2.98, "KF": -2.91, "MgF2": -3.88, "CaF2": -4.21,
+                "NaCl": -2.1, "KCl": -2.25, "LiCl": -2.0, "MgCl2": -2.2}
+    mu = {"Li": -1.9, "Na": -1.3, "K": -1.1, "Mg": -1.6, "Ca": -2.0, "O": -4.9, "F": -1.9,
+          "Cl": -1.8}
+    return ReferenceHull.from_formation_energies(list(binaries), list(binaries.values()),
+                                                 chemical_potentials=mu)
+
+
+def test_pipeline_hull_in_workers_same_e_above_hull(setup, monkeypatch):
+    """Hull energies computed in worker processes alongside the energies: same results."""
+    model = setup[0]
+    pairs = [("Li", "O"), ("Na", "O"), ("K", "F"), ("Mg", "O"), ("Ca", "F"), ("Li", "F"),
+             ("Na", "Cl"), ("K", "Cl"), ("Mg", "Cl"), ("Li", "Xe")]
+    gen = [Structure(Lattice.cubic(3.4), list(p), [[0, 0, 0], [0.5, 0.5, 0.5]])
+           for p in pairs]
+    gen += [Structure(Lattice.cubic(4.6), [a, b, c], [[0, 0, 0], [0.5, 0.5, 0], [0, 0.5, 0.5]])
+            for a, b, c in (("Li", "Na", "O"), ("Mg", "Ca", "O"), ("K", "Na", "F"))]
+    gen.append(None)
+    calls: list[int] = []
+    real_parallel = ReferenceHull._hull_energies_parallel
+
+    def spy(self, todo, *args, **kwargs):
+        calls.append(len(todo))
+        return real_parallel(self, todo, *args, **kwargs)
+
+    monkeypatch.setattr(ReferenceHull, "_hull_energies_parallel", spy)
+    a, sa = screen_structures(gen, model, _many_systems_hull(), n_jobs=2, pipeline=True)
+    assert calls and calls[0] >= 8  # built in worker processes
+    b, sb = screen_structures(gen, model, _many_systems_hull(), n_jobs=1, pipeline=False)
+    assert len(calls) == 1
+    assert [r["e_above_hull"] for r in a] == [r["e_above_hull"] for r in b]
+    assert [r["errors"] for r in a] == [r["errors"] for r in b]
+    assert _strip(a) == _strip(b)
+    assert sum(r["e_above_hull"] is not None for r in a) == len(gen) - 2
+    (err,) = a[pairs.index(("Li", "Xe"))]["errors"]
+    assert err.startswith("hull: no chemical potential for Xe")
+    ta, tb = sa["timings_s"], sb["timings_s"]
+    assert ta["hull"] > 0 and ta["hull_wait"] >= 0 and tb["hull"] == tb["hull_wait"]

@@ -224,7 +224,8 @@ class ScreenMaker(Maker):
         Processes building MLIP graphs ahead of the model (CHGNet, MACE); 0: in the job's
         process.
     pipeline
-        Matching, SMACT and validity alongside the single points (same results).
+        Hull energies alongside the energies (single points or relaxation), matching, SMACT
+        and validity alongside the single points (same results).
     min_volume_per_atom
         Samples denser than this (Å^3/atom), like those with atoms closer than 0.5 Å, are not
         given to the MLIP: their ``screen`` document has ``rejected`` (the reason) and no
@@ -236,7 +237,7 @@ class ScreenMaker(Maker):
     compute_amd
         Also compute AMD distances / creativity.
     n_jobs
-        Worker processes for matching.
+        Worker processes for matching and, at the same time, for the chemical-system hulls.
     policy, k, one_per_composition, max_e_above_hull
         DFT candidate ranking (``rank`` field; 0 = best).
     """

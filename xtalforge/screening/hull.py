@@ -20,6 +20,14 @@ Energy scales
     ``E_form = E_total - sum_a mu_a n_a`` (Park & Walsh 2025, Methods), where ``mu_a`` must come
     from the same energy model as the queried energies (:func:`elemental_chemical_potentials`).
 
+Hull energies
+-------------
+The hull energy at a composition (:meth:`ReferenceHull.hull_energies`) depends on the
+composition only, not on the queried energy: a screen computes it while the energy model runs
+(:func:`xtalforge.screening.screen.screen_structures`), over chemical systems in worker
+processes, and keeps it in a cache keyed by atomic fractions that later rounds (RL loops)
+reuse. ``e_above_hull`` is the queried energy, on the hull's scale, minus that hull energy.
+
 Every hull carries a :attr:`ReferenceHull.convention` dict (energy source, MLIP, relaxed,
 reference set, correction scheme, energy kind, entry count, fingerprint) to be recorded with
 every result computed from it.
@@ -33,6 +41,7 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import pickle
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,6 +61,26 @@ logger = logging.getLogger(__name__)
 __all__ = ["ReferenceHull", "elemental_chemical_potentials", "mlip_chemical_potentials"]
 
 _CORRECTIONS = ("none", "MP2020", "as_is")
+
+#: Fewer chemical systems to build than this are done in-process: starting workers and
+#: sending them the queries then costs more than it saves.
+MIN_PARALLEL_SYSTEMS = 8
+
+#: Prefix of the per-composition reason of a failed hull query (never cached: it names the
+#: composition).
+_QUERY_FAILED = "hull query failed: "
+
+_CompositionKey = tuple[tuple[str, float], ...]
+
+
+def _composition_key(c: Composition) -> _CompositionKey:
+    """Atomic fractions by element: all that a phase diagram's hull energy depends on.
+
+    :meth:`PhaseDiagram.get_hull_energy_per_atom` sees a composition only through
+    ``get_atomic_fraction`` (``pd_coords``), so two compositions with the same key get the
+    same hull energy, bit for bit (``Li2O4`` and ``LiO2`` share one).
+    """
+    return tuple(sorted((el.symbol, c.get_atomic_fraction(el)) for el in c.elements))
 
 
 def _comp(c: Any) -> Composition:
@@ -88,7 +117,8 @@ class ReferenceHull:
     convention : dict, optional
         Description of how the hull was built (merged into :attr:`convention`).
     max_cache : int
-        Max number of cached per-chemical-system phase diagrams.
+        Max number of cached per-chemical-system phase diagrams (the in-process path of
+        :meth:`hull_energies`).
     max_elements : int or None
         Largest chemical system (number of elements) whose hull is built. A convex hull in
         k dimensions costs time exponential in k (on the MP-20 entries: 2 s for 8 elements,
@@ -96,6 +126,11 @@ class ReferenceHull:
         and more elements; those queries get NaN with a reason instead of stalling a
         screening run. The default, 8, covers every MP-20 composition (at most 7 elements).
         ``None``: no limit.
+    max_energy_cache : int
+        Max number of cached hull energies (one per distinct atomic-fraction composition,
+        a few hundred bytes each): what later queries of the same compositions reuse. A screen
+        relies on it to hand the energies computed alongside the energy model to
+        :meth:`e_above_hull`; keep it above the number of distinct compositions of a round.
     """
 
     def __init__(
@@ -108,6 +143,7 @@ class ReferenceHull:
         convention: Mapping[str, Any] | None = None,
         max_cache: int = 50_000,
         max_elements: int | None = 8,
+        max_energy_cache: int = 1_000_000,
     ) -> None:
         if energy_kind not in ("total", "formation"):
             raise ValueError("energy_kind must be 'total' or 'formation'")
@@ -132,7 +168,10 @@ class ReferenceHull:
         for i, c in enumerate(self.compositions):
             self._by_chemsys[frozenset(el.symbol for el in c.elements)].append(i)
         self.elements = frozenset(itertools.chain.from_iterable(self._by_chemsys))
+        self.max_energy_cache = max_energy_cache
         self._pd_cache: dict[frozenset[str], PhaseDiagram | str] = {}
+        self._energy_cache: dict[_CompositionKey, tuple[float, str | None]] = {}
+        self._cached_max_elements = max_elements
         self._elemental_refs: dict[str, float] | None = None
         conv = {
             "energy_kind": energy_kind,
@@ -361,7 +400,9 @@ class ReferenceHull:
         conv.pop("fingerprint", None)
         conv["chemical_potentials_source"] = source
         return ReferenceHull(self.compositions, self.energies, self.energy_kind, self.entry_ids,
-                             chemical_potentials, conv, self.max_cache)
+                             chemical_potentials, conv, self.max_cache,
+                             max_elements=self.max_elements,
+                             max_energy_cache=self.max_energy_cache)
 
     @property
     def elemental_references(self) -> dict[str, float]:
@@ -384,36 +425,92 @@ class ReferenceHull:
             raise ValueError(pd)
         return pd
 
-    def _get_pd(self, chemsys: frozenset[str]) -> PhaseDiagram | str:
+    def _system_reason(self, chemsys: frozenset[str]) -> str | None:
+        """Why the hull of ``chemsys`` is not built (``None``: it is), without building it."""
+        missing = sorted(chemsys - self.elements)
+        if missing:
+            return f"element(s) {', '.join(missing)} not covered by the reference hull"
+        if self.max_elements is not None and len(chemsys) > self.max_elements:
+            return (f"chemical system of {len(chemsys)} elements: hulls are built up to "
+                    f"max_elements={self.max_elements}")
+        return None
+
+    def _system_entries(self, chemsys: frozenset[str]) -> list[int]:
+        """Return the indices of the entries of every sub-system of ``chemsys``."""
+        idx: list[int] = []
+        els = sorted(chemsys)
+        for r in range(1, len(els) + 1):
+            for sub in itertools.combinations(els, r):
+                idx.extend(self._by_chemsys.get(frozenset(sub), ()))
+        return idx
+
+    def _get_pd(self, chemsys: frozenset[str], cache: bool = True) -> PhaseDiagram | str:
+        self._check_caches()
         cached = self._pd_cache.get(chemsys)
         if cached is not None:
             return cached
         from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
         from pymatgen.core.periodic_table import Element
 
-        missing = sorted(chemsys - self.elements)
-        if missing:
-            result: PhaseDiagram | str = (
-                f"element(s) {', '.join(missing)} not covered by the reference hull")
-        elif self.max_elements is not None and len(chemsys) > self.max_elements:
-            result = (f"chemical system of {len(chemsys)} elements: hulls are built up to "
-                      f"max_elements={self.max_elements}")
-        else:
-            idx: list[int] = []
+        result: PhaseDiagram | str | None = self._system_reason(chemsys)
+        if result is None:
             els = sorted(chemsys)
-            for r in range(1, len(els) + 1):
-                for sub in itertools.combinations(els, r):
-                    idx.extend(self._by_chemsys.get(frozenset(sub), ()))
             entries = [PDEntry(self.compositions[i], float(self.energies[i]),
-                               name=self.entry_ids[i]) for i in idx]
+                               name=self.entry_ids[i]) for i in self._system_entries(chemsys)]
             try:
                 result = PhaseDiagram(entries, elements=[Element(e) for e in els])
             except Exception as exc:  # noqa: BLE001 - e.g. missing terminal entries
                 result = f"cannot build hull for {'-'.join(els)}: {exc}"
+        if not cache:
+            return result
         if len(self._pd_cache) >= self.max_cache:
             self._pd_cache.pop(next(iter(self._pd_cache)))
         self._pd_cache[chemsys] = result
         return result
+
+    def _check_caches(self) -> None:
+        """Drop cached hulls and hull energies made under another ``max_elements``."""
+        if self._cached_max_elements != self.max_elements:
+            self._pd_cache.clear()
+            self._energy_cache.clear()
+            self._cached_max_elements = self.max_elements
+
+    def clear_cache(self) -> None:
+        """Forget cached phase diagrams and hull energies."""
+        self._pd_cache.clear()
+        self._energy_cache.clear()
+
+    def _system_hull_energies(
+        self, chemsys: frozenset[str], comps: Sequence[Composition], cache_pd: bool = True,
+    ) -> tuple[list[float], list[str | None]]:
+        """Hull energies per atom of compositions of one chemical system (in this process).
+
+        Compositions with the same atomic fractions are queried once; a failed query is
+        repeated for each composition so that its reason names it. ``cache_pd=False`` (the
+        workers, which see each system once) does not keep the phase diagram.
+        """
+        pd = self._get_pd(chemsys, cache=cache_pd)
+        if isinstance(pd, str):
+            return [math.nan] * len(comps), [pd] * len(comps)
+        vals: list[float] = []
+        reasons: list[str | None] = []
+        done: dict[_CompositionKey, float] = {}
+        for c in comps:
+            key = _composition_key(c)
+            if key in done:
+                vals.append(done[key])
+                reasons.append(None)
+                continue
+            try:
+                v = float(pd.get_hull_energy_per_atom(c))
+            except Exception as exc:  # noqa: BLE001
+                vals.append(math.nan)
+                reasons.append(f"{_QUERY_FAILED}{exc}")
+                continue
+            done[key] = v
+            vals.append(v)
+            reasons.append(None)
+        return vals, reasons
 
     # ------------------------------------------------------------------ queries
     def _mu(self) -> dict[str, float]:
@@ -421,14 +518,176 @@ class ReferenceHull:
             return {**self.elemental_references, **self.chemical_potentials}
         return dict(self.chemical_potentials)
 
+    def hull_energies(
+        self,
+        compositions: Sequence[Any],
+        n_jobs: int = 1,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, list[str | None]]:
+        """Hull energy per atom at each composition, on the hull's own energy scale.
+
+        The lowest energy per atom of any combination of reference phases at that
+        composition (:meth:`PhaseDiagram.get_hull_energy_per_atom` of the composition's
+        chemical system): a total energy for ``energy_kind="total"``, a formation energy for
+        ``"formation"``. It does not depend on any queried energy, so it can be computed
+        before (or while) the energies are.
+
+        Chemical systems whose hull is not cached yet are built in ``n_jobs`` worker processes
+        (start method ``fork`` where available, ``$XTALFORGE_MP_START`` overrides), the most
+        costly first; with ``n_jobs=1``, or fewer than :data:`MIN_PARALLEL_SYSTEMS` systems to
+        build, in this process, where the phase diagrams stay cached. The two give the same
+        numbers bit for bit: each system's hull is built and queried by the same code from
+        the same entries. Results are cached by atomic fractions (``max_energy_cache``), so
+        repeated queries, e.g. later rounds of an RL loop, reuse them.
+
+        Parameters
+        ----------
+        compositions : sequence of Composition-like
+            Query compositions (structures are accepted too: their composition is used).
+        n_jobs : int
+            Worker processes (``-1``: one per CPU core).
+        progress : bool
+            Progress bar over chemical systems.
+
+        Returns
+        -------
+        values : numpy.ndarray
+            Hull energy per atom (eV/atom); NaN where the composition is not covered.
+        reasons : list of str or None
+            Why a value is NaN (empty composition, element not in the hull, chemical system
+            above ``max_elements``, hull not buildable, query failed); ``None`` when OK.
+        """
+        self._check_caches()
+        comps = [_comp(c) for c in compositions]
+        out = np.full(len(comps), np.nan)
+        reasons: list[str | None] = [None] * len(comps)
+        groups: dict[frozenset[str], list[int]] = defaultdict(list)
+        keys: list[_CompositionKey | None] = [None] * len(comps)
+        for i, c in enumerate(comps):
+            if c.num_atoms == 0:
+                reasons[i] = "empty composition"
+                continue
+            key = keys[i] = _composition_key(c)
+            hit = self._energy_cache.get(key)
+            if hit is not None:
+                out[i], reasons[i] = hit
+                continue
+            groups[frozenset(el.symbol for el in c.elements)].append(i)
+        todo: list[tuple[frozenset[str], list[int]]] = []
+        for chemsys, idx in groups.items():
+            reason = self._system_reason(chemsys)
+            if reason is None:
+                todo.append((chemsys, idx))
+                continue
+            for i in idx:
+                reasons[i] = reason
+                self._remember(keys[i], math.nan, reason)
+        n_jobs = _resolve_jobs(n_jobs)
+        n_cached = len(comps) - sum(len(idx) for idx in groups.values())
+        logger.debug("hull energies: %d compositions, %d cached, %d chemical systems to build",
+                     len(comps), n_cached, len(todo))
+        if n_jobs > 1 and len(todo) >= MIN_PARALLEL_SYSTEMS:
+            results = self._hull_energies_parallel(todo, comps, n_jobs, progress)
+        else:
+            results = self._hull_energies_serial(todo, comps, progress)
+        for (_, idx), (vals, rs) in zip(todo, results, strict=True):
+            for i, v, r in zip(idx, vals, rs, strict=True):
+                out[i], reasons[i] = v, r
+                if r is None or not r.startswith(_QUERY_FAILED):
+                    self._remember(keys[i], v, r)
+        return out, reasons
+
+    def _remember(self, key: _CompositionKey | None, value: float, reason: str | None) -> None:
+        if key is None or self.max_energy_cache <= 0:
+            return
+        if len(self._energy_cache) >= self.max_energy_cache:
+            self._energy_cache.pop(next(iter(self._energy_cache)))
+        self._energy_cache[key] = (value, reason)
+
+    def _hull_energies_serial(
+        self, todo: Sequence[tuple[frozenset[str], list[int]]], comps: Sequence[Composition],
+        progress: bool,
+    ) -> list[tuple[list[float], list[str | None]]]:
+        it: Any = todo
+        if progress and todo:
+            from tqdm.auto import tqdm
+
+            it = tqdm(todo, desc="hull", unit="system", leave=False)
+        return [self._system_hull_energies(cs, [comps[i] for i in idx]) for cs, idx in it]
+
+    def _hull_energies_parallel(
+        self, todo: Sequence[tuple[frozenset[str], list[int]]], comps: Sequence[Composition],
+        n_jobs: int, progress: bool,
+    ) -> list[tuple[list[float], list[str | None]]]:
+        """Build and query the hulls of ``todo`` in a pool of ``n_jobs`` worker processes.
+
+        The pool lives for this call: forked workers see this hull as it is now (no copy is
+        sent; under ``spawn`` it is pickled once per worker, without its caches). Systems are
+        dealt, most entries and elements first, round-robin into chunks about eight per
+        worker, so that large systems start early and the chunks cost about the same. If the
+        pool breaks (a worker killed), what is left is done in this process.
+        """
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        from xtalforge.screening.metrics import _start_method
+
+        cost = {cs: (len(cs), len(self._system_entries(cs))) for cs, _ in todo}
+        order = sorted(range(len(todo)), key=lambda k: cost[todo[k][0]], reverse=True)
+        n_chunks = min(len(todo), n_jobs * 8)
+        chunks = [order[k::n_chunks] for k in range(n_chunks)]
+        results: list[tuple[list[float], list[str | None]] | None] = [None] * len(todo)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), desc="hull", unit="system", leave=False)
+        ctx = multiprocessing.get_context(_start_method())
+        try:
+            with ProcessPoolExecutor(max_workers=min(n_jobs, n_chunks), mp_context=ctx,
+                                     initializer=_init_hull_worker,
+                                     initargs=(self,)) as ex:
+                futures = {
+                    ex.submit(_hull_energy_chunk,
+                              [(todo[k][0], [comps[i] for i in todo[k][1]]) for k in chunk]):
+                    chunk for chunk in chunks}
+                for fut in as_completed(futures):
+                    for k, res in zip(futures[fut], fut.result(), strict=True):
+                        results[k] = res
+                    if bar is not None:
+                        bar.update(len(futures[fut]))
+        except BrokenProcessPool as exc:
+            left = [k for k, r in enumerate(results) if r is None]
+            logger.warning("hull worker pool broke (%s): building the %d remaining chemical "
+                           "systems in this process", exc, len(left))
+            for k in left:
+                cs, idx = todo[k]
+                results[k] = self._system_hull_energies(cs, [comps[i] for i in idx])
+        finally:
+            if bar is not None:
+                bar.close()
+        return results  # type: ignore[return-value]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the caches (phase diagrams are large; workers build their own)."""
+        state = dict(self.__dict__)
+        state["_pd_cache"] = {}
+        state["_energy_cache"] = {}
+        return state
+
     def e_above_hull(
         self,
         compositions: Sequence[Any],
         energies_per_atom: Sequence[float],
         kind: str = "total",
         return_reasons: bool = False,
+        n_jobs: int = 1,
+        progress: bool = False,
     ) -> np.ndarray | tuple[np.ndarray, list[str | None]]:
         """Energy above the hull (eV/atom) of query compositions.
+
+        The query energy, converted to the hull's scale, minus :meth:`hull_energies` at its
+        composition (cached hull energies are reused).
 
         Parameters
         ----------
@@ -442,6 +701,10 @@ class ReferenceHull:
             (per atom) with the hull's chemical potentials.
         return_reasons : bool
             Also return one reason string (``None`` when OK) per query.
+        n_jobs : int
+            Worker processes for the hulls not cached yet (see :meth:`hull_energies`).
+        progress : bool
+            Progress bar over chemical systems.
 
         Returns
         -------
@@ -467,6 +730,7 @@ class ReferenceHull:
                 reasons[i] = "empty composition"
                 continue
             groups[frozenset(el.symbol for el in c.elements)].append(i)
+        query: list[int] = []
         for chemsys, idx in groups.items():
             if kind != self.energy_kind:
                 absent = sorted(chemsys - set(mu))
@@ -475,21 +739,19 @@ class ReferenceHull:
                         reasons[i] = (f"no chemical potential for {', '.join(absent)} to convert "
                                       f"{kind} energies to the hull's {self.energy_kind} scale")
                     continue
-            pd = self._get_pd(chemsys)
-            if isinstance(pd, str):
-                for i in idx:
-                    reasons[i] = pd
+            query.extend(idx)
+        e_hull, hull_reasons = self.hull_energies([comps[i] for i in query], n_jobs=n_jobs,
+                                                  progress=progress)
+        for k, i in enumerate(query):
+            if hull_reasons[k] is not None:
+                reasons[i] = hull_reasons[k]
                 continue
-            for i in idx:
-                c = comps[i]
-                e = e_q[i]
-                if kind != self.energy_kind:
-                    shift = sum(mu[el.symbol] * c.get_atomic_fraction(el) for el in c.elements)
-                    e = e - shift if kind == "total" else e + shift
-                try:
-                    out[i] = e - pd.get_hull_energy_per_atom(c)
-                except Exception as exc:  # noqa: BLE001
-                    reasons[i] = f"hull query failed: {exc}"
+            c = comps[i]
+            e = e_q[i]
+            if kind != self.energy_kind:
+                shift = sum(mu[el.symbol] * c.get_atomic_fraction(el) for el in c.elements)
+                e = e - shift if kind == "total" else e + shift
+            out[i] = e - e_hull[k]
         if return_reasons:
             return out, reasons
         return out
@@ -592,6 +854,36 @@ def _jsonable(obj: Any) -> Any:
     if obj is None or isinstance(obj, (str, int, float, bool)):
         return obj
     return str(obj)
+
+
+def _resolve_jobs(n_jobs: int | None) -> int:
+    """``None``/0 -> 1, negative -> one per CPU core."""
+    if not n_jobs:
+        return 1
+    if n_jobs < 0:
+        import os
+
+        return max(os.cpu_count() or 1, 1)
+    return int(n_jobs)
+
+
+_WORKER_HULL: ReferenceHull | None = None
+
+
+def _init_hull_worker(hull: ReferenceHull) -> None:
+    """Pool initializer: keep the hull (inherited under fork) for :func:`_hull_energy_chunk`."""
+    global _WORKER_HULL
+    _WORKER_HULL = hull
+
+
+def _hull_energy_chunk(
+    tasks: Sequence[tuple[frozenset[str], Sequence[Composition]]],
+) -> list[tuple[list[float], list[str | None]]]:
+    """Worker: hull energies of each ``(chemical system, compositions)`` task."""
+    if _WORKER_HULL is None:  # pragma: no cover - only if the initializer did not run
+        raise RuntimeError("hull worker started without its hull")
+    return [_WORKER_HULL._system_hull_energies(cs, comps, cache_pd=False)
+            for cs, comps in tasks]
 
 
 def elemental_chemical_potentials(

@@ -69,6 +69,7 @@ def screen_structures(
     include_structures: bool = False,
     progress: bool = False,
     pipeline: bool = True,
+    hull_n_jobs: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Energies, hull distances and metrics for generated structures.
 
@@ -116,11 +117,25 @@ def screen_structures(
     progress : bool
         Progress bars.
     pipeline : bool
-        For single points, compute uniqueness, novelty, SMACT and validity (which do not
-        depend on energies) in a background thread, with ``n_jobs`` worker processes,
-        while the energy model runs; the stability columns are added once the hull
-        distances are known. Same records as ``pipeline=False``. With ``relax`` matching
-        needs the relaxed structures and runs after the relaxation.
+        Overlap the CPU stages with the energy model. The hull energies at the evaluated
+        compositions (:meth:`ReferenceHull.hull_energies`, which do not depend on the
+        energies, and relaxation keeps the composition) are computed in a background thread
+        driving ``hull_n_jobs`` worker processes while the model runs; once the energies are
+        known they are subtracted (the hull's cache hands them over). For single points,
+        uniqueness, novelty, SMACT and validity (which do not depend on energies) are
+        computed in another background thread with ``n_jobs`` worker processes; the
+        stability columns are added once the hull distances are known. With ``relax``
+        matching needs the relaxed structures and runs after the relaxation. Same records as
+        ``pipeline=False``.
+    hull_n_jobs : int, optional
+        Worker processes for building chemical-system hulls; default ``n_jobs``. With the
+        pipeline the hull and metrics pools run at the same time as each other and as the
+        energy model (and its graph workers): both are CPU-bound and off the critical path
+        while the accelerator computes energies, so each gets the whole ``n_jobs`` budget
+        and the operating system shares the cores between them, rather than a split that
+        leaves cores idle when one pool finishes first (the hull's work is a few thousand
+        independent chemical systems, the metrics' a few formula buckets with long tails).
+        On a CPU-only run, where the energies need the cores too, pass fewer.
 
     Returns
     -------
@@ -133,7 +148,10 @@ def screen_structures(
         (``None`` when it was), ``errors`` what failed on it (module docstring).
     summary : dict
         Aggregated metrics (failure-aware denominators), timings, model info, hull convention,
-        ``n_rejected``, ``n_with_errors`` and ``min_volume_per_atom``.
+        ``n_rejected``, ``n_with_errors`` and ``min_volume_per_atom``. ``timings_s``: with the
+        pipeline ``hull`` and ``metrics`` are the background stages' own times (overlapped
+        with ``energy``) and ``hull_wait``, ``metrics_wait`` what each added after the
+        energies; without it each pair is the same number.
     """
     t0 = time.perf_counter()
     n = len(structures)
@@ -165,9 +183,12 @@ def screen_structures(
         "metastable_threshold": metastable_threshold,
         "metastable_inclusive": metastable_inclusive,
     }
+    hull_jobs = n_jobs if hull_n_jobs is None else hull_n_jobs
     background = None
+    hull_background = None
     metrics_elapsed: list[float] = []
-    if pipeline and not relax:
+    hull_elapsed: list[float] = []
+    if pipeline:
         from concurrent.futures import ThreadPoolExecutor
 
         def _metrics() -> Any:
@@ -176,8 +197,18 @@ def screen_structures(
             metrics_elapsed.append(time.perf_counter() - t)
             return rep
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="xtalforge-metrics")
-        background = pool.submit(_metrics)
+        def _hull_energies() -> None:
+            # fills the hull's cache, from which e_above_hull takes them below
+            t = time.perf_counter()
+            hull.hull_energies([structures[i].composition for i in to_eval],  # type: ignore[union-attr]
+                               n_jobs=hull_jobs)
+            hull_elapsed.append(time.perf_counter() - t)
+
+        pool = ThreadPoolExecutor(2, thread_name_prefix="xtalforge-screen")
+        if to_eval:
+            hull_background = pool.submit(_hull_energies)
+        if not relax:
+            background = pool.submit(_metrics)
         pool.shutdown(wait=False)
 
     t_energy = time.perf_counter()
@@ -209,18 +240,21 @@ def screen_structures(
             energy[i], e_pa[i], max_force[i] = r.energy, r.energy_per_atom, r.max_force
     t_energy = time.perf_counter() - t_energy
 
-    t_hull = time.perf_counter()
+    t_hull_wait = time.perf_counter()
+    if hull_background is not None:
+        hull_background.result()
     comps = [s.composition if s is not None else "" for s in final]
     ehull = np.full(n, np.nan)
     idx = [i for i in range(n) if np.isfinite(e_pa[i])]
     if idx:
         vals, reasons = hull.e_above_hull([comps[i] for i in idx], e_pa[idx], kind="total",
-                                          return_reasons=True)
+                                          return_reasons=True, n_jobs=hull_jobs)
         ehull[idx] = vals
         for i, reason in zip(idx, reasons, strict=True):
             if reason:
                 errors[i].append(f"hull: {reason}")
-    t_hull = time.perf_counter() - t_hull
+    t_hull_wait = time.perf_counter() - t_hull_wait
+    t_hull = hull_elapsed[0] if hull_elapsed else t_hull_wait
 
     t_metrics = time.perf_counter()
     if background is not None:
@@ -287,12 +321,14 @@ def screen_structures(
         "relax_backend": backend,
         "n_relax_converged": int(sum(1 for v in relax_info.values() if v[1])) if relax
         else None,
-        "pipeline": background is not None,
+        "pipeline": hull_background is not None or background is not None,
         "timings_s": {
             "energy": t_energy,
+            # with the pipeline, hull energies and metrics ran alongside the energies: "hull"
+            # and "metrics" are their own times, "hull_wait" what the hull added after the
+            # energies (wait + subtraction), "metrics_wait" what remained after that
             "hull": t_hull,
-            # with the pipeline, metrics ran alongside the energies: "metrics" is their own
-            # time, "metrics_wait" what remained after the energies and the hull
+            "hull_wait": t_hull_wait,
             "metrics": t_metrics,
             "metrics_wait": t_metrics_wait,
             "total": time.perf_counter() - t0,
