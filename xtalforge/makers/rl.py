@@ -33,7 +33,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,14 +53,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RLFineTuneMaker", "SurrogateTrainMaker", "load_surrogate", "run_rl_finetune",
-           "run_surrogate_training"]
+__all__ = ["RLFineTuneMaker", "SurrogateTrainMaker", "load_progress", "load_surrogate",
+           "reward_resources", "run_rl_finetune", "run_surrogate_training", "save_progress",
+           "train_with_progress", "with_hull"]
 
 STATE_FORMAT = "xtalforge.rl_trainer_state/1"
 
 
-def _progress_id(job_uuid: str) -> str:
-    return f"rl-progress:{job_uuid}"
+def _progress_id(label: str, job_uuid: str) -> str:
+    return f"{label}-progress:{job_uuid}"
 
 
 def load_surrogate(ref_or_path: str | dict[str, Any], ctx: JobContext | None = None,
@@ -162,12 +163,122 @@ class RLFineTuneMaker(Maker):
         ``hull`` (a :class:`~xtalforge.makers.screening.HullMaker` output or a saved hull path)
         overrides the ``hull`` field, so a campaign builds its reference hull once.
         """
-        import dataclasses
+        return run_rl_finetune(with_hull(self, hull), job_context(), checkpoint, surrogates)
 
-        if isinstance(hull, Mapping):  # a HullMaker output (a HullOutput, or a dict)
-            hull = dict(hull)
-        maker = dataclasses.replace(self, hull=hull) if hull is not None else self
-        return run_rl_finetune(maker, job_context(), checkpoint, surrogates)
+
+def with_hull(maker: Any, hull: str | Mapping[str, Any] | None) -> Any:
+    """Return ``maker`` with its ``hull`` field replaced by a job input (``None``: unchanged).
+
+    A :class:`~xtalforge.makers.screening.HullMaker` output (a ``HullOutput`` or a dict) is
+    turned into a plain dict, as the hull loader of :func:`reward_resources` expects.
+    """
+    import dataclasses
+
+    if isinstance(hull, Mapping):
+        hull = dict(hull)
+    return dataclasses.replace(maker, hull=hull) if hull is not None else maker
+
+
+def reward_resources(ctx: JobContext, reward, embedder, *, reference_split: str | None,
+                     energy_model: str, hull: str | dict | None, surrogates: Mapping[str, Any],
+                     n_jobs: int, device: str, energy_batch_size: int | None = None,
+                     max_reference_embeddings: int | None = None, rng=None):
+    """Reward resources of an RL job, building only what the reward needs.
+
+    Shared by the GRPO (:class:`RLFineTuneMaker`) and PPO
+    (:class:`~xtalforge.makers.wyckoff.PPOFineTuneMaker`) makers.
+
+    Parameters
+    ----------
+    ctx
+        The running job's context.
+    reward
+        The :class:`~xtalforge.rewards.CompositeReward` (its ``required_metrics`` decide what
+        is built).
+    embedder
+        Generator that embeds structures (diversity embeddings, surrogate inputs).
+    reference_split
+        Dataset split of the novelty / diversity / hull reference (``None``: every document).
+    energy_model, hull
+        MLIP spec and saved hull (path, ``HullMaker`` output dict, or ``None``: an MLIP
+        single-point hull of the reference documents) of the stability reward.
+    surrogates
+        Property surrogates by name (path or checkpoint reference).
+    n_jobs, device
+        Matching workers; device.
+    energy_batch_size
+        Structures per MLIP forward pass (``None``: the ``RewardResources`` default).
+    max_reference_embeddings, rng
+        With both given, at most this many reference structures are embedded, a random subset
+        drawn from ``rng`` (a ``numpy.random.Generator``).
+
+    Returns
+    -------
+    tuple
+        ``(resources, notes, reference_structures)``.
+
+    Raises
+    ------
+    ValueError
+        Without reference documents, when the reward needs composition embeddings that
+        ``embedder`` cannot give, or a ``predicted:<property>`` surrogate that is not given.
+    """
+    from xtalforge.rewards.resources import RewardResources
+    from xtalforge.screening.metrics import ReferenceSet
+
+    need = set(reward.required_metrics)
+    notes: dict[str, Any] = {}
+    ref_structs, ref_docs = dataset_structures(ctx, reference_split)
+    if not ref_structs:
+        raise ValueError(f"campaign {ctx.campaign_id!r} has no valid dataset documents "
+                         f"(split {reference_split!r}) to use as reference")
+    extra = {} if energy_batch_size is None else {"energy_batch_size": energy_batch_size}
+    res = RewardResources(n_jobs=n_jobs, device=device, generator=embedder, **extra)
+    ids = [d.get("structure_id", str(i)) for i, d in enumerate(ref_docs)]
+    if need & {"unique", "novel", "min_amd_distance", "e_above_hull", "energy_per_atom"}:
+        res.reference = ReferenceSet(ref_structs, ids)
+    small = [s for s in ref_structs if len(s) <= embedder.max_atoms]
+    if (rng is not None and max_reference_embeddings is not None
+            and len(small) > max_reference_embeddings):
+        pick = rng.choice(len(small), max_reference_embeddings, replace=False)
+        small = [small[i] for i in sorted(pick)]
+    if "structure_embedding" in need:
+        res.reference_structure_embeddings = embedder.embed_structures(small, device=device)
+    if "composition_embedding" in need:
+        if not hasattr(embedder, "composition_embeddings"):
+            raise ValueError(f"composition diversity needs composition embeddings, which a "
+                             f"{type(embedder).__name__} does not give: embed with a latent "
+                             "diffusion checkpoint (PPOFineTuneMaker: set embedder)")
+        res.reference_composition_embeddings = embedder.composition_embeddings(small,
+                                                                                device=device)
+    if need & {"e_above_hull", "energy_per_atom"}:
+        from xtalforge.screening.hull import ReferenceHull
+        from xtalforge.screening.mlip import get_energy_model
+
+        res.energy_model = get_energy_model(energy_model, device=device)
+        if isinstance(hull, dict):  # a HullMaker output / artefact reference
+            from xtalforge.makers.screening import load_hull
+
+            res.hull = load_hull(hull, ctx)
+            notes["hull"] = "HullMaker artefact " + str(
+                hull.get("artifact", hull).get("checkpoint_id"))
+        elif hull:
+            res.hull = ReferenceHull.load(hull)
+            notes["hull"] = f"loaded from {hull}"
+        else:
+            logger.info("building an MLIP hull from %d reference structures", len(ref_structs))
+            res.hull = ReferenceHull.from_structures(
+                ref_structs, res.energy_model, entry_ids=ids,
+                reference_set=f"campaign {ctx.campaign_id} dataset ({reference_split})")
+            notes["hull"] = "MLIP single-point hull of the reference dataset documents"
+    for key, spec in surrogates.items():
+        res.surrogates[key] = load_surrogate(spec, ctx, device)
+    missing = [m.split(":", 1)[1] for m in need if m.startswith("predicted:")
+               and m.split(":", 1)[1] not in res.surrogates]
+    if missing:
+        raise ValueError(f"the reward needs surrogate(s) {missing}: pass surrogates={{name: "
+                         "SurrogateTrainMaker output or path}")
+    return res, notes, ref_structs
 
 
 def _build_resources(maker: RLFineTuneMaker, ctx: JobContext, generator, reward,
@@ -175,58 +286,15 @@ def _build_resources(maker: RLFineTuneMaker, ctx: JobContext, generator, reward,
     """Reward resources, validation latents and notes, building only what the reward needs."""
     import numpy as np
 
-    from xtalforge.rewards.resources import RewardResources
     from xtalforge.rewards.surrogate import encode_structures
-    from xtalforge.screening.metrics import ReferenceSet
 
-    need = set(reward.required_metrics)
-    notes: dict[str, Any] = {}
-    ref_structs, ref_docs = dataset_structures(ctx, maker.reference_split)
-    if not ref_structs:
-        raise ValueError(f"campaign {ctx.campaign_id!r} has no valid dataset documents "
-                         f"(split {maker.reference_split!r}) to use as reference")
-    res = RewardResources(n_jobs=maker.n_jobs, device=device, generator=generator,
-                          energy_batch_size=maker.energy_batch_size)
-    ids = [d.get("structure_id", str(i)) for i, d in enumerate(ref_docs)]
-    if need & {"unique", "novel", "min_amd_distance", "e_above_hull", "energy_per_atom"}:
-        res.reference = ReferenceSet(ref_structs, ids)
-    small = [s for s in ref_structs if len(s) <= generator.max_atoms]
     rng = np.random.default_rng(maker.grpo.seed)
-    if len(small) > maker.max_reference_embeddings:
-        pick = rng.choice(len(small), maker.max_reference_embeddings, replace=False)
-        small = [small[i] for i in sorted(pick)]
-    if "structure_embedding" in need:
-        res.reference_structure_embeddings = generator.embed_structures(small, device=device)
-    if "composition_embedding" in need:
-        res.reference_composition_embeddings = generator.composition_embeddings(small,
-                                                                                 device=device)
-    if need & {"e_above_hull", "energy_per_atom"}:
-        from xtalforge.screening.hull import ReferenceHull
-        from xtalforge.screening.mlip import get_energy_model
-
-        res.energy_model = get_energy_model(maker.energy_model, device=device)
-        if isinstance(maker.hull, dict):  # a HullMaker output / artefact reference
-            from xtalforge.makers.screening import load_hull
-
-            res.hull = load_hull(maker.hull, ctx)
-            notes["hull"] = "HullMaker artefact " + str(
-                maker.hull.get("artifact", maker.hull).get("checkpoint_id"))
-        elif maker.hull:
-            res.hull = ReferenceHull.load(maker.hull)
-            notes["hull"] = f"loaded from {maker.hull}"
-        else:
-            logger.info("building an MLIP hull from %d reference structures", len(ref_structs))
-            res.hull = ReferenceHull.from_structures(
-                ref_structs, res.energy_model, entry_ids=ids,
-                reference_set=f"campaign {ctx.campaign_id} dataset ({maker.reference_split})")
-            notes["hull"] = "MLIP single-point hull of the reference dataset documents"
-    for key, spec in {**dict(maker.surrogates), **dict(surrogates or {})}.items():
-        res.surrogates[key] = load_surrogate(spec, ctx, device)
-    missing = [m.split(":", 1)[1] for m in need if m.startswith("predicted:")
-               and m.split(":", 1)[1] not in res.surrogates]
-    if missing:
-        raise ValueError(f"the reward needs surrogate(s) {missing}: pass surrogates={{name: "
-                         "SurrogateTrainMaker output or path}")
+    res, notes, ref_structs = reward_resources(
+        ctx, reward, generator, reference_split=maker.reference_split,
+        energy_model=maker.energy_model, hull=maker.hull,
+        surrogates={**dict(maker.surrogates), **dict(surrogates or {})}, n_jobs=maker.n_jobs,
+        device=device, energy_batch_size=maker.energy_batch_size,
+        max_reference_embeddings=maker.max_reference_embeddings, rng=rng)
     val_structs: list = []
     if maker.val_split:
         val_structs, _ = dataset_structures(ctx, maker.val_split, limit=maker.val_size)
@@ -243,33 +311,95 @@ def _build_resources(maker: RLFineTuneMaker, ctx: JobContext, generator, reward,
     return res, val, notes
 
 
-def _save_progress(trainer, maker: RLFineTuneMaker, ctx: JobContext, parent: dict) -> None:
+def save_progress(trainer, ctx: JobContext, parent: dict, *, label: str, state_format: str,
+                  maker_name: str, save_policy: Callable[[Path], Any]) -> None:
+    """Store an RL job's intermediate policy and trainer state and upsert its progress document.
+
+    Parameters
+    ----------
+    trainer
+        The trainer (``step`` and ``state_dict()`` are read).
+    ctx
+        The running job's context.
+    parent
+        Reference of the checkpoint being fine-tuned.
+    label
+        Algorithm label (``"rl"``, ``"ppo"``): the blob kinds ``generator/<label>-intermediate``
+        and ``<label>/trainer-state`` and the progress id ``<label>-progress:<job uuid>``.
+    state_format
+        ``format`` tag of the trainer-state file.
+    maker_name
+        Recorded in the progress document.
+    save_policy
+        Writes the policy checkpoint to the path it is given.
+    """
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         pol = Path(tmp) / "policy.pt"
-        torch.save(trainer.checkpoint_dict(), pol)
-        meta = {"stage": "rl-intermediate", "step": trainer.step,
+        save_policy(pol)
+        meta = {"stage": f"{label}-intermediate", "step": trainer.step,
                 "parent_checkpoint_id": parent["checkpoint_id"]}
-        pref = put_checkpoint(ctx.blobs, pol, kind="generator/rl-intermediate", metadata=meta,
-                              campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
+        pref = put_checkpoint(ctx.blobs, pol, kind=f"generator/{label}-intermediate",
+                              metadata=meta, campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
         st = Path(tmp) / "state.pt"
-        torch.save({"format": STATE_FORMAT, "trainer": trainer.state_dict()}, st)
-        sref = put_checkpoint(ctx.blobs, st, kind="rl/trainer-state", metadata=meta,
+        torch.save({"format": state_format, "trainer": trainer.state_dict()}, st)
+        sref = put_checkpoint(ctx.blobs, st, kind=f"{label}/trainer-state", metadata=meta,
                               campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
     if ctx.job_uuid:
-        doc = {"progress_id": _progress_id(ctx.job_uuid), "job_uuid": ctx.job_uuid,
+        doc = {"progress_id": _progress_id(label, ctx.job_uuid), "job_uuid": ctx.job_uuid,
                "campaign_id": ctx.campaign_id, "step": trainer.step, "policy": pref,
                "trainer_state": sref, "parent_checkpoint_id": parent["checkpoint_id"],
-               "maker": maker.name, "updated_at": now()}
+               "maker": maker_name, "updated_at": now()}
         additional(ctx.store, "data").update([clean_floats(doc)], key="progress_id")
-    logger.info("RL progress saved at step %d", trainer.step)
+    logger.info("%s progress saved at step %d", label.upper(), trainer.step)
 
 
-def _load_progress(ctx: JobContext) -> dict[str, Any] | None:
+def load_progress(ctx: JobContext, label: str, state_format: str,
+                  map_location: str = "cpu") -> tuple[dict[str, Any], Path, dict[str, Any]] | None:
+    """Find what :func:`save_progress` stored for the running job.
+
+    Returns
+    -------
+    tuple or None
+        ``(progress document, local policy checkpoint path, trainer-state dict)``; ``None``
+        when the job has no uuid or no progress document.
+
+    Raises
+    ------
+    xtalforge.models.checkpoint.CheckpointError
+        When the stored trainer state is not a ``state_format`` file.
+    """
+    from xtalforge.models.checkpoint import load_checkpoint_file
+
     if not ctx.job_uuid:
         return None
-    return additional(ctx.store, "data").query_one({"progress_id": _progress_id(ctx.job_uuid)})
+    progress = additional(ctx.store, "data").query_one(
+        {"progress_id": _progress_id(label, ctx.job_uuid)})
+    if not progress:
+        return None
+    ppath, _ = resolve_checkpoint(progress["policy"], ctx.blobs)
+    spath, _ = resolve_checkpoint(progress["trainer_state"], ctx.blobs)
+    state = load_checkpoint_file(spath, state_format,
+                                 f"xtalforge {label.upper()} trainer state", map_location)
+    return progress, Path(ppath), state
+
+
+def train_with_progress(trainer, max_steps: int, checkpoint_every: int, resumed_from: int,
+                        save: Callable[[Any], None]) -> None:
+    """Train to ``max_steps``, calling ``save(trainer)`` every ``checkpoint_every`` steps.
+
+    The last step is saved too when the period did not fall on it and the run took a step.
+    """
+
+    def callback(tr: Any, row: dict[str, Any]) -> None:
+        if checkpoint_every and tr.step % checkpoint_every == 0:
+            save(tr)
+
+    trainer.train(max_steps, callback=callback)
+    if trainer.step > resumed_from and (not checkpoint_every
+                                        or trainer.step % checkpoint_every):
+        save(trainer)
 
 
 def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | dict[str, Any],
@@ -289,7 +419,6 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
     """
     import torch
 
-    from xtalforge.models.checkpoint import load_checkpoint_file
     from xtalforge.models.generator import LatentDiffusionGenerator
     from xtalforge.rewards.registry import build_reward
     from xtalforge.rl.grpo import GRPOTrainer
@@ -299,32 +428,28 @@ def run_rl_finetune(maker: RLFineTuneMaker, ctx: JobContext, checkpoint: str | d
     base, parent = load_generator(checkpoint, ctx, device)
     reward = build_reward(maker.reward, normalize_scope=maker.normalize_scope)
     cfg = maker.grpo  # every GRPOConfig field reaches the trainer as set
-    progress = _load_progress(ctx)
+    found = load_progress(ctx, "rl", STATE_FORMAT, map_location=device)
     resumed_from = 0
-    if progress:
-        ppath, _ = resolve_checkpoint(progress["policy"], ctx.blobs)
+    if found:
+        progress, ppath, state = found
         policy = LatentDiffusionGenerator.load(ppath, map_location=device)
-        spath, _ = resolve_checkpoint(progress["trainer_state"], ctx.blobs)
-        state = load_checkpoint_file(spath, STATE_FORMAT, "xtalforge RL trainer state", device)
         resumed_from = int(progress["step"])
         logger.info("resuming RL job %s from step %d", ctx.job_uuid, resumed_from)
     else:
         policy, state = base, None
     res, val, notes = _build_resources(maker, ctx, policy, reward, surrogates or {}, device)
     trainer = GRPOTrainer(policy, reward, res, cfg, device=device, val_latents=val,
-                          reference_generator=base if progress else None,
+                          reference_generator=base if found else None,
                           init_policy_from_ema=None if state is None else False)
     if state is not None:
         trainer.load_state_dict(state["trainer"])
 
-    def callback(tr: GRPOTrainer, row: dict[str, Any]) -> None:
-        if maker.checkpoint_every and tr.step % maker.checkpoint_every == 0:
-            _save_progress(tr, maker, ctx, parent)
+    def save(tr: GRPOTrainer) -> None:
+        save_progress(tr, ctx, parent, label="rl", state_format=STATE_FORMAT,
+                      maker_name=maker.name,
+                      save_policy=lambda p: torch.save(tr.checkpoint_dict(), p))
 
-    trainer.train(cfg.max_steps, callback=callback)
-    if trainer.step > resumed_from and (not maker.checkpoint_every
-                                        or trainer.step % maker.checkpoint_every):
-        _save_progress(trainer, maker, ctx, parent)
+    train_with_progress(trainer, cfg.max_steps, maker.checkpoint_every, resumed_from, save)
     last = trainer.curves[-1] if trainer.curves else {}
     selected = trainer.restore_best()  # the best policy by cfg.select_by (None: the last)
     meta = {"stage": "rl", "parent_checkpoint_id": parent["checkpoint_id"],

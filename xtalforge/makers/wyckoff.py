@@ -35,10 +35,16 @@ from xtalforge.makers.pretrain import (
     train_config,
     train_stage,
 )
+from xtalforge.makers.rl import (
+    load_progress,
+    reward_resources,
+    save_progress,
+    train_with_progress,
+    with_hull,
+)
 from xtalforge.makers.sample import load_generator
-from xtalforge.stores.artifacts import put_checkpoint, resolve_checkpoint
-from xtalforge.stores.config import additional
-from xtalforge.stores.documents import clean_floats, now
+from xtalforge.stores.artifacts import put_checkpoint
+from xtalforge.stores.documents import clean_floats
 from xtalforge.stores.schemas import PPOOutput, SFTOutput, WyckoffTrainOutput
 
 if TYPE_CHECKING:
@@ -188,92 +194,25 @@ class PPOFineTuneMaker(Maker):
     def make(self, checkpoint: str | dict[str, Any], surrogates: dict[str, Any] | None = None,
              hull: str | dict[str, Any] | None = None) -> dict[str, Any]:
         """Fine-tune ``checkpoint``; ``hull`` (a ``HullMaker`` output) overrides the field."""
-        import dataclasses
-
-        if isinstance(hull, Mapping):  # a HullMaker output (a HullOutput, or a dict)
-            hull = dict(hull)
-        maker = dataclasses.replace(self, hull=hull) if hull is not None else self
-        return run_ppo_finetune(maker, job_context(), checkpoint, surrogates)
+        return run_ppo_finetune(with_hull(self, hull), job_context(), checkpoint, surrogates)
 
 
 def _ppo_resources(maker: PPOFineTuneMaker, ctx: JobContext, policy, reward,
                    surrogates: dict[str, Any], device: str):
-    """Reward resources, building only what the reward needs; returns ``(resources, notes)``."""
-    from xtalforge.makers.rl import load_surrogate
-    from xtalforge.rewards.resources import RewardResources
-    from xtalforge.screening.metrics import ReferenceSet
+    """Reward resources, building only what the reward needs; returns ``(resources, notes)``.
 
-    need = set(reward.required_metrics)
-    notes: dict[str, Any] = {}
-    ref_structs, ref_docs = dataset_structures(ctx, maker.reference_split)
-    if not ref_structs:
-        raise ValueError(f"campaign {ctx.campaign_id!r} has no valid dataset documents "
-                         f"(split {maker.reference_split!r}) to use as reference")
-    embedder = policy
+    Structures are embedded by ``maker.embedder`` when it is set, else by the policy.
+    """
+    embedder, notes = policy, {}
     if maker.embedder is not None:
         embedder, _ = load_generator(maker.embedder, ctx, device)
         notes["embedder"] = f"{type(embedder).__name__} checkpoint"
-    res = RewardResources(n_jobs=maker.n_jobs, device=device, generator=embedder)
-    ids = [d.get("structure_id", str(i)) for i, d in enumerate(ref_docs)]
-    if need & {"unique", "novel", "min_amd_distance", "e_above_hull", "energy_per_atom"}:
-        res.reference = ReferenceSet(ref_structs, ids)
-    small = [s for s in ref_structs if len(s) <= embedder.max_atoms]
-    if "structure_embedding" in need:
-        res.reference_structure_embeddings = embedder.embed_structures(small, device=device)
-    if "composition_embedding" in need:
-        if not hasattr(embedder, "composition_embeddings"):
-            raise ValueError("composition diversity needs an embedder with composition "
-                             "embeddings: set embedder to a latent diffusion checkpoint")
-        res.reference_composition_embeddings = embedder.composition_embeddings(small,
-                                                                                device=device)
-    if need & {"e_above_hull", "energy_per_atom"}:
-        from xtalforge.screening.hull import ReferenceHull
-        from xtalforge.screening.mlip import get_energy_model
-
-        res.energy_model = get_energy_model(maker.energy_model, device=device)
-        if isinstance(maker.hull, dict):
-            from xtalforge.makers.screening import load_hull
-
-            res.hull = load_hull(maker.hull, ctx)
-            notes["hull"] = "HullMaker artefact"
-        elif maker.hull:
-            res.hull = ReferenceHull.load(maker.hull)
-            notes["hull"] = f"loaded from {maker.hull}"
-        else:
-            res.hull = ReferenceHull.from_structures(
-                ref_structs, res.energy_model, entry_ids=ids,
-                reference_set=f"campaign {ctx.campaign_id} dataset ({maker.reference_split})")
-            notes["hull"] = "MLIP single-point hull of the reference dataset documents"
-    for key, spec in {**dict(maker.surrogates), **dict(surrogates or {})}.items():
-        res.surrogates[key] = load_surrogate(spec, ctx, device)
-    return res, notes
-
-
-def _progress_id(job_uuid: str) -> str:
-    return f"ppo-progress:{job_uuid}"
-
-
-def _save_progress(trainer, maker: PPOFineTuneMaker, ctx: JobContext, parent: dict) -> None:
-    import torch
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pol = Path(tmp) / "policy.pt"
-        trainer.policy.save(pol)
-        meta = {"stage": "ppo-intermediate", "step": trainer.step,
-                "parent_checkpoint_id": parent["checkpoint_id"]}
-        pref = put_checkpoint(ctx.blobs, pol, kind="generator/ppo-intermediate", metadata=meta,
-                              campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
-        st = Path(tmp) / "state.pt"
-        torch.save({"format": STATE_FORMAT, "trainer": trainer.state_dict()}, st)
-        sref = put_checkpoint(ctx.blobs, st, kind="ppo/trainer-state", metadata=meta,
-                              campaign_id=ctx.campaign_id, job_uuid=ctx.job_uuid)
-    if ctx.job_uuid:
-        doc = {"progress_id": _progress_id(ctx.job_uuid), "job_uuid": ctx.job_uuid,
-               "campaign_id": ctx.campaign_id, "step": trainer.step, "policy": pref,
-               "trainer_state": sref, "parent_checkpoint_id": parent["checkpoint_id"],
-               "maker": maker.name, "updated_at": now()}
-        additional(ctx.store, "data").update([clean_floats(doc)], key="progress_id")
-    logger.info("PPO progress saved at step %d", trainer.step)
+    res, more, _ = reward_resources(
+        ctx, reward, embedder, reference_split=maker.reference_split,
+        energy_model=maker.energy_model, hull=maker.hull,
+        surrogates={**dict(maker.surrogates), **dict(surrogates or {})}, n_jobs=maker.n_jobs,
+        device=device)
+    return res, {**notes, **more}
 
 
 def run_ppo_finetune(maker: PPOFineTuneMaker, ctx: JobContext, checkpoint: str | dict[str, Any],
@@ -304,19 +243,12 @@ def run_ppo_finetune(maker: PPOFineTuneMaker, ctx: JobContext, checkpoint: str |
                         "reached through an adapter: use RLFineTuneMaker (GRPO) for it")
     reward = build_reward(maker.reward)
     cfg = maker.ppo
-    progress = None
-    if ctx.job_uuid:
-        progress = additional(ctx.store, "data").query_one(
-            {"progress_id": _progress_id(ctx.job_uuid)})
+    found = load_progress(ctx, "ppo", STATE_FORMAT)
     resumed_from, state = 0, None
     policy = base
-    if progress:
-        ppath, _ = resolve_checkpoint(progress["policy"], ctx.blobs)
+    if found:
+        progress, ppath, state = found
         policy, _ = load_generator(ppath, None, device)
-        spath, _ = resolve_checkpoint(progress["trainer_state"], ctx.blobs)
-        state = torch.load(spath, map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{spath}: not a PPO trainer state")
         resumed_from = int(progress["step"])
         logger.info("resuming PPO job %s from step %d", ctx.job_uuid, resumed_from)
     res, notes = _ppo_resources(maker, ctx, policy, reward, surrogates or {}, device)
@@ -324,14 +256,11 @@ def run_ppo_finetune(maker: PPOFineTuneMaker, ctx: JobContext, checkpoint: str |
     if state is not None:
         trainer.load_state_dict(state["trainer"])
 
-    def callback(tr: PPOTrainer, row: dict[str, Any]) -> None:
-        if maker.checkpoint_every and tr.step % maker.checkpoint_every == 0:
-            _save_progress(tr, maker, ctx, parent)
+    def save(tr: PPOTrainer) -> None:
+        save_progress(tr, ctx, parent, label="ppo", state_format=STATE_FORMAT,
+                      maker_name=maker.name, save_policy=tr.policy.save)
 
-    trainer.train(cfg.max_steps, callback=callback)
-    if trainer.step > resumed_from and (not maker.checkpoint_every
-                                        or trainer.step % maker.checkpoint_every):
-        _save_progress(trainer, maker, ctx, parent)
+    train_with_progress(trainer, cfg.max_steps, maker.checkpoint_every, resumed_from, save)
     last = trainer.curves[-1] if trainer.curves else {}
     meta = {"stage": "ppo", "family": policy.family, "parent_checkpoint_id":
             parent["checkpoint_id"], "steps": trainer.step, "reward": reward.config(),
