@@ -62,13 +62,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from xtalforge.models.diffusion import gaussian_kl
+from xtalforge.rl.common import TrainerConfigDict, evaluation_row
 
 if TYPE_CHECKING:  # pragma: no cover
     from xtalforge.models.diffusion import LatentDiffusion, Trajectory
@@ -95,7 +96,7 @@ KL_ESTIMATORS = ("k3", "analytic")
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(TrainerConfigDict):
     """Settings of :class:`GRPOTrainer` (defaults: Park & Walsh 2025, Methods).
 
     Attributes
@@ -209,17 +210,6 @@ class GRPOConfig:
         if self.num_inner_batches < 1 or self.num_epochs < 1:
             raise ValueError("num_inner_batches and num_epochs must be >= 1")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict."""
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GRPOConfig:
-        """Inverse of :meth:`to_dict` (unknown keys rejected)."""
-        return cls(**d)
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,8 +668,6 @@ class GRPOTrainer:
             ``eval/<key>`` for the batch fractions of :meth:`RewardContext.batch_summary` and
             the raw reward means of :meth:`RewardBreakdown.summary`.
         """
-        from xtalforge.rewards.metrics import RewardContext
-
         cfg = self.config
         gen = self.generator
         counts = gen.sample_num_atoms(cfg.eval_samples,
@@ -689,11 +677,7 @@ class GRPOTrainer:
                            batch_size=cfg.eval_samples, device=self.device, dtype=cfg.dtype,
                            steps=cfg.sampling_steps, eta=cfg.eta, use_ema=False, progress=False)
         gen.ldm.denoiser.train(was_training)
-        ctx = RewardContext(out.structures, self.resources)
-        summary = self.reward(ctx, groups=None).summary()
-        summary.update(ctx.batch_summary())
-        return {f"eval/{k}": v for k, v in summary.items()
-                if not k.startswith(("reward_std/", "failed/")) and k != "reward_total"}
+        return evaluation_row(self.reward, self.resources, out.structures)
 
     def _guards(self, row: dict[str, Any]) -> None:
         """Stop on a non-finite update or on KL drift beyond ``config.max_kl``."""

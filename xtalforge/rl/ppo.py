@@ -39,13 +39,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from xtalforge.models.interface import CrystalGenerator, GeneratorRollout, SampleConditions
+from xtalforge.rl.common import TrainerConfigDict, evaluation_row
 
 if TYPE_CHECKING:  # pragma: no cover
     from xtalforge.rewards.base import CompositeReward
@@ -57,7 +58,7 @@ __all__ = ["EMABaseline", "PPOConfig", "PPOTrainer", "clipped_surrogate", "kl_re
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(TrainerConfigDict):
     """Settings of :class:`PPOTrainer` (defaults: Cao & Wang 2025, Appendix A and Table S1).
 
     Attributes
@@ -123,17 +124,6 @@ class PPOConfig:
         if self.eval_every < 0 or (self.eval_every and self.eval_samples < 2):
             raise ValueError("eval_every must be >= 0 and eval_samples >= 2")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict."""
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PPOConfig:
-        """Inverse of :meth:`to_dict` (unknown keys rejected)."""
-        return cls(**d)
 
 
 class EMABaseline:
@@ -318,17 +308,11 @@ class PPOTrainer:
     @torch.no_grad()
     def evaluate_policy(self) -> dict[str, float]:
         """Score ``eval_samples`` crystals of the policy drawn with the fixed ``eval_seed``."""
-        from xtalforge.rewards.metrics import RewardContext
-
         cfg = self.config
         res = self.policy.sample(cfg.eval_samples, self._conditions(cfg.eval_samples),
                                  seed=cfg.eval_seed, device=self.device,
                                  batch_size=cfg.eval_samples)
-        ctx = RewardContext(res.structures, self.resources)
-        summary = self.reward(ctx, groups=None).summary()
-        summary.update(ctx.batch_summary())
-        return {f"eval/{k}": v for k, v in summary.items()
-                if not k.startswith(("reward_std/", "failed/")) and k != "reward_total"}
+        return evaluation_row(self.reward, self.resources, res.structures)
 
     def _guards(self, row: dict[str, Any]) -> None:
         cfg = self.config
