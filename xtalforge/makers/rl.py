@@ -49,6 +49,10 @@ from xtalforge.stores.documents import clean_floats, now
 from xtalforge.stores.schemas import GRPOOutput, SurrogateOutput
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from xtalforge.rewards.base import CompositeReward
+    from xtalforge.rewards.resources import RewardResources
     from xtalforge.rl.grpo import GRPOConfig
 
 logger = logging.getLogger(__name__)
@@ -179,10 +183,13 @@ def with_hull(maker: Any, hull: str | Mapping[str, Any] | None) -> Any:
     return dataclasses.replace(maker, hull=hull) if hull is not None else maker
 
 
-def reward_resources(ctx: JobContext, reward, embedder, *, reference_split: str | None,
-                     energy_model: str, hull: str | dict | None, surrogates: Mapping[str, Any],
-                     n_jobs: int, device: str, energy_batch_size: int | None = None,
-                     max_reference_embeddings: int | None = None, rng=None):
+def reward_resources(ctx: JobContext, reward: CompositeReward, embedder: Any, *,
+                     reference_split: str | None, energy_model: str, hull: str | dict | None,
+                     surrogates: Mapping[str, Any], n_jobs: int, device: str,
+                     energy_batch_size: int | None = None,
+                     max_reference_embeddings: int | None = None,
+                     rng: np.random.Generator | None = None,
+                     ) -> tuple[RewardResources, dict[str, Any], list]:
     """Reward resources of an RL job, building only what the reward needs.
 
     Shared by the GRPO (:class:`RLFineTuneMaker`) and PPO
@@ -382,7 +389,7 @@ def load_progress(ctx: JobContext, label: str, state_format: str,
     spath, _ = resolve_checkpoint(progress["trainer_state"], ctx.blobs)
     state = load_checkpoint_file(spath, state_format,
                                  f"xtalforge {label.upper()} trainer state", map_location)
-    return progress, Path(ppath), state
+    return progress, ppath, state
 
 
 def train_with_progress(trainer, max_steps: int, checkpoint_every: int, resumed_from: int,
