@@ -72,7 +72,7 @@ def test_fields_have_descriptions():
 
 
 def test_package_users_follow_the_settings(monkeypatch, tmp_path):
-    from xtalforge.screening.metrics import _start_method
+    from xtalforge.screening.metrics import mp_start_method
     from xtalforge.stores.artifacts import cache_dir
     from xtalforge.stores.config import resolve_setting
     from xtalforge.stores.results import default_root
@@ -85,7 +85,7 @@ def test_package_users_follow_the_settings(monkeypatch, tmp_path):
     assert resolve_setting("embedded") == "embedded"
     assert default_root() == tmp_path / "campaigns"
     assert cache_dir() == tmp_path / "cache" / "checkpoints"
-    assert _start_method() == "forkserver"
+    assert mp_start_method() == "forkserver"
 
 
 def test_no_module_reads_the_environment_directly():

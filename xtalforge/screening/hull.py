@@ -630,7 +630,7 @@ class ReferenceHull:
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from concurrent.futures.process import BrokenProcessPool
 
-        from xtalforge.screening.metrics import _start_method
+        from xtalforge.screening.metrics import mp_start_method
 
         cost = {cs: (len(cs), len(self._system_entries(cs))) for cs, _ in todo}
         order = sorted(range(len(todo)), key=lambda k: cost[todo[k][0]], reverse=True)
@@ -642,7 +642,7 @@ class ReferenceHull:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(todo), desc="hull", unit="system", leave=False)
-        ctx = multiprocessing.get_context(_start_method())
+        ctx = multiprocessing.get_context(mp_start_method())
         try:
             with ProcessPoolExecutor(max_workers=min(n_jobs, n_chunks), mp_context=ctx,
                                      initializer=_init_hull_worker,

@@ -113,6 +113,7 @@ __all__ = [
     "coverage",
     "creativity_reward",
     "element_category",
+    "mp_start_method",
     "element_category_stats",
     "evaluation_rejection",
     "frechet_distance",
@@ -347,7 +348,7 @@ def _match_buckets(tasks: list[tuple[list[Any], list[Any]]], matcher_kwargs: dic
 _EXECUTORS: dict[tuple[int, str], Executor] = {}
 
 
-def _start_method() -> str:
+def mp_start_method() -> str:
     """Worker start method: ``$XTALFORGE_MP_START`` or ``fork`` where available.
 
     ``fork`` starts workers in milliseconds and works from unguarded scripts and notebooks;
@@ -365,7 +366,7 @@ def _start_method() -> str:
 
 def _executor(n_jobs: int) -> Executor:
     """Return a cached process pool of ``n_jobs`` workers."""
-    key = (n_jobs, _start_method())
+    key = (n_jobs, mp_start_method())
     ex = _EXECUTORS.get(key)
     if ex is None or getattr(ex, "_broken", False):
         ex = ProcessPoolExecutor(max_workers=n_jobs,
