@@ -422,3 +422,16 @@ def test_report_maker_runs_as_a_job(tmp_path):
     assert by_model["ckA"]["mSUN (%)"] == pytest.approx(100 * 4 / 9)
     assert out["mlip_vs_dft"]["all"]["stable_tp"] == 2
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_dft_hull_footnote_names_the_convention_engine_and_settings():
+    conv = {"convention": "self-consistent", "engine": "cp2k",
+            "settings_fingerprint": "55f3007c4c66f09b", "energy": "CP2K total energy",
+            "correction": "none", "conventions": {"mp2020": "…", "self-consistent": "…"}}
+    df = pd.DataFrame({"e_above_hull": [0.1], "dft_e_above_hull": [0.2],
+                       "dft_hull_convention": [conv]})
+    lines = T.describe_conventions(df)
+    dft = [ln for ln in lines if ln.startswith("DFT hull convention:")]
+    assert dft == ["DFT hull convention: convention=self-consistent, engine=cp2k, "
+                   "settings_fingerprint=55f3007c4c66f09b, energy=CP2K total energy, "
+                   "correction=none"]

@@ -269,8 +269,9 @@ def _pct(n: int, d: int) -> float:
 def _summarise_convention(c: Any) -> str:
     if not isinstance(c, Mapping):
         return str(c)
-    keys = ("energy_source", "energy", "energy_kind", "reference_set", "reference_files",
-            "correction", "relaxed", "n_entries")
+    keys = ("convention", "engine", "settings_fingerprint", "energy_source", "energy",
+            "energy_kind", "reference_set", "reference_files", "correction", "relaxed",
+            "n_entries")
     parts = [f"{k}={c[k]}" for k in keys if c.get(k) is not None]
     if not parts:  # an unfamiliar layout: its scalar items
         parts = [f"{k}={v}" for k, v in c.items()
