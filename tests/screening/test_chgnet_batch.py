@@ -47,3 +47,24 @@ def test_fast_records_failures(models):
     assert res[0].ok and res[3].ok
     assert res[1].error == "invalid structure (None)"
     assert "unsupported element" in res[2].error
+
+
+def test_graph_workers_give_the_same_results_and_record_failures(models):
+    fast, _ = models
+    pooled = get_energy_model("chgnet", graph_workers=1)
+    pooled.model = fast.model
+    structs = _structures()
+    bad = Structure(Lattice.cubic(4.0), ["Og"], [[0, 0, 0]])
+    inputs = [structs[0], None, bad, *structs[1:]]
+    try:
+        a = pooled.predict(inputs, batch_size=2, compute_stress=True)
+        assert pooled._pool is not None  # the graphs came from the worker pool
+    finally:
+        pooled.close()
+    b = fast.predict(inputs, batch_size=2, compute_stress=True)
+    assert [r.ok for r in a] == [True, False, False, True, True, True]
+    assert a[1].error == b[1].error and a[2].error == b[2].error
+    for x, y in zip(a, b, strict=True):
+        if y.ok:
+            assert abs(x.energy - y.energy) < 1e-5
+            assert np.allclose(x.forces, y.forces, atol=1e-5)

@@ -182,6 +182,17 @@ def test_mace_tiny_model_roundtrip(tmp_path):
     # unsupported element and None are recorded, the rest continue
     bad = m64.predict([None, diamond("Ge", 5.66), diamond()])
     assert bad[0].error and "Ge" in bad[1].error and bad[2].ok
+    # graphs built in a worker process give the same numbers and the same failure records
+    pooled = get_energy_model(f"mace:{path}", dtype="float64", graph_workers=1)
+    try:
+        got = pooled.predict([None, *structs, diamond("Ge", 5.66)], batch_size=2)
+        assert pooled._pool is not None
+    finally:
+        pooled.close()
+    assert got[0].error and "Ge" in got[-1].error
+    for a, b in zip(res, got[1:-1], strict=True):
+        assert b.energy == pytest.approx(a.energy, abs=1e-8)
+        np.testing.assert_allclose(b.forces, a.forces, atol=1e-8)
 
 
 def test_mace_missing_and_offline_errors(tmp_path):

@@ -56,7 +56,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -657,8 +657,115 @@ def _ase_single_point(
 # --------------------------------------------------------------------------------------
 # MACE
 # --------------------------------------------------------------------------------------
+class _GraphWorkers:
+    """A lazily started pool of graph-building worker processes (``graph_workers`` of them).
+
+    Mixed into the energy models that build neighbour graphs ahead of the accelerator
+    (:class:`MACEEnergyModel`, :class:`CHGNetEnergyModel`); the pool stays warm across calls
+    until :meth:`close`.
+    """
+
+    graph_workers: int = 0
+    _pool: Any = None
+
+    def _graph_pool(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: never fork a process holding a CUDA context
+            self._pool = ProcessPoolExecutor(self.graph_workers,
+                                             mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        """Shut down the graph worker pool, if any."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _predict_with_graph_workers(
+    model: Any,
+    structures: Sequence[Any],
+    batch_size: int,
+    compute_forces: bool,
+    compute_stress: bool,
+    progress: bool,
+    *,
+    build: Callable[[list[Any]], list[Any]],
+    raw: Callable[[Any], Any],
+    chunk: Callable[[int, int], int],
+    forward: Callable[[list[Any], bool, bool], list[EnergyResult]],
+    desc: str,
+) -> list[EnergyResult]:
+    """Batched single points with every batch's graphs built ahead in the worker pool.
+
+    All batches are submitted to ``model``'s pool up front, so the workers build batch ``k+1``
+    while the model evaluates batch ``k``. A structure that fails :meth:`check_structure` or
+    its graph gets its error; a broken pool falls back to building in this process; a failing
+    batch is retried one structure at a time (``_predict_isolating``).
+
+    Parameters
+    ----------
+    build
+        Worker entry point: picklable, ``raws -> graphs`` (a failure becomes its message).
+    raw
+        Structure -> the plain arrays ``build`` takes.
+    chunk
+        ``(number of valid structures, batch size) -> structures per worker task``.
+    forward
+        ``(graphs, compute_forces, compute_stress) -> results`` of one batch.
+    desc
+        Progress-bar label.
+    """
+    results: list[EnergyResult | None] = [None] * len(structures)
+    valid: list[int] = []
+    for i, s in enumerate(structures):
+        reason = model.check_structure(s)
+        if reason is None:
+            valid.append(i)
+        else:
+            results[i] = EnergyResult(n_atoms=_safe_len(s), error=reason)
+    batch_size = max(int(batch_size), 1)
+    batches = [valid[k : k + batch_size] for k in range(0, len(valid), batch_size)]
+    pool = model._graph_pool()
+    per = chunk(len(valid), batch_size)
+    futures = []
+    for idx in batches:
+        raws = [raw(structures[i]) for i in idx]
+        futures.append([pool.submit(build, raws[k : k + per]) for k in range(0, len(raws), per)])
+    iterator: Any = zip(batches, futures, strict=True)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, total=len(batches), desc=desc, unit="batch")
+    for idx, futs in iterator:
+        try:
+            graphs = [g for f in futs for g in f.result()]
+        except Exception as exc:  # noqa: BLE001 - broken pool: build graphs here
+            logger.warning("graph workers failed (%s); building graphs in-process", exc)
+            graphs = build([raw(structures[i]) for i in idx])
+        ok = [k for k, g in enumerate(graphs) if not isinstance(g, str)]
+        for k, g in enumerate(graphs):
+            if isinstance(g, str):
+                results[idx[k]] = EnergyResult(n_atoms=_safe_len(structures[idx[k]]), error=g)
+        if not ok:
+            continue
+        try:
+            out = forward([graphs[k] for k in ok], compute_forces, compute_stress)
+        except Exception as exc:  # noqa: BLE001 - isolate in this process
+            logger.warning("batch failed (%s); retrying one by one", exc)
+            out = model._predict_isolating([structures[idx[k]] for k in ok], compute_forces,
+                                           compute_stress)
+        for k, res in zip(ok, out, strict=True):
+            results[idx[k]] = res
+    return [r if r is not None else EnergyResult(error="internal: not evaluated")
+            for r in results]
+
+
 @dataclass
-class MACEEnergyModel(EnergyModel):
+class MACEEnergyModel(_GraphWorkers, EnergyModel):
     """MACE model evaluated in batches (one forward over a ``torch_geometric`` batch).
 
     Create it with :func:`get_energy_model` (``"mace:<path or name>"``) or
@@ -801,72 +908,20 @@ class MACEEnergyModel(EnergyModel):
         if self.graph_workers <= 0:
             return super().predict(structures, batch_size, compute_forces, compute_stress,
                                    progress)
-        results: list[EnergyResult | None] = [None] * len(structures)
-        valid: list[int] = []
-        for i, s in enumerate(structures):
-            reason = self.check_structure(s)
-            if reason is None:
-                valid.append(i)
-            else:
-                results[i] = EnergyResult(n_atoms=_safe_len(s), error=reason)
-        batch_size = max(int(batch_size), 1)
-        batches = [valid[k : k + batch_size] for k in range(0, len(valid), batch_size)]
-        pool = self._graph_pool()
         spec = self._graph_spec()
-        # chunks smaller than a batch keep every worker busy on one batch
-        per = max(1, math.ceil(batch_size / self.graph_workers))
-        futures = []
-        for idx in batches:
-            raws = [_raw(_to_atoms(structures[i])) for i in idx]
-            futures.append([pool.submit(_mace_graphs, raws[k : k + per], spec)
-                            for k in range(0, len(raws), per)])
-        iterator: Any = zip(batches, futures, strict=True)
-        if progress:
-            from tqdm.auto import tqdm
 
-            iterator = tqdm(iterator, total=len(batches), desc="mace single points",
-                            unit="batch")
-        for idx, futs in iterator:
-            try:
-                graphs = [g for f in futs for g in f.result()]
-            except Exception as exc:  # noqa: BLE001 - broken pool: build graphs here
-                logger.warning("graph workers failed (%s); building graphs in-process", exc)
-                graphs = _mace_graphs([_raw(_to_atoms(structures[i])) for i in idx], spec)
-            ok = [k for k, g in enumerate(graphs) if not isinstance(g, str)]
-            for k, g in enumerate(graphs):
-                if isinstance(g, str):
-                    results[idx[k]] = EnergyResult(n_atoms=_safe_len(structures[idx[k]]),
-                                                   error=g)
-            if not ok:
-                continue
-            try:
-                with preserve_torch_dtype(self.dtype):
-                    batch = self._collate([graphs[k] for k in ok])
-                out = self._forward(batch, compute_forces, compute_stress)
-            except Exception as exc:  # noqa: BLE001 - isolate in this process
-                logger.warning("batch failed (%s); retrying one by one", exc)
-                out = self._predict_isolating([structures[idx[k]] for k in ok],
-                                              compute_forces, compute_stress)
-            for k, res in zip(ok, out, strict=True):
-                results[idx[k]] = res
-        return [r if r is not None else EnergyResult(error="internal: not evaluated")
-                for r in results]
+        def forward(graphs: list[Any], forces: bool, stress: bool) -> list[EnergyResult]:
+            with preserve_torch_dtype(self.dtype):
+                batch = self._collate(graphs)
+            return self._forward(batch, forces, stress)
 
-    def _graph_pool(self) -> Any:
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn: never fork a process holding a CUDA context
-            self._pool = ProcessPoolExecutor(self.graph_workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
-        return self._pool
-
-    def close(self) -> None:
-        """Shut down the graph worker pool, if any."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        return _predict_with_graph_workers(
+            self, structures, batch_size, compute_forces, compute_stress, progress,
+            build=functools.partial(_mace_graphs, spec=spec),
+            raw=lambda s: _raw(_to_atoms(s)),
+            # chunks smaller than a batch keep every worker busy on one batch
+            chunk=lambda n_valid, bs: max(1, math.ceil(bs / self.graph_workers)),
+            forward=forward, desc="mace single points")
 
     def torchsim_model(self) -> Any:
         """torch-sim's ``MaceModel`` around this module (neighbour lists on the device)."""
@@ -1032,7 +1087,7 @@ def build_mace_model(
 # CHGNet
 # --------------------------------------------------------------------------------------
 @dataclass
-class CHGNetEnergyModel(EnergyModel):
+class CHGNetEnergyModel(_GraphWorkers, EnergyModel):
     """CHGNet (offline: its weights ship in the wheel).
 
     Modes
@@ -1148,64 +1203,11 @@ class CHGNetEnergyModel(EnergyModel):
                                    progress)
         from xtalforge.screening import chgnet_batch as cb
 
-        results: list[EnergyResult | None] = [None] * len(structures)
-        valid: list[int] = []
-        for i, s in enumerate(structures):
-            reason = self.check_structure(s)
-            if reason is None:
-                valid.append(i)
-            else:
-                results[i] = EnergyResult(n_atoms=_safe_len(s), error=reason)
-        batch_size = max(int(batch_size), 1)
-        batches = [valid[k : k + batch_size] for k in range(0, len(valid), batch_size)]
-        pool = self._graph_pool()
-        spec = self.graph_spec()
-        per = cb.chunk_sizes(len(valid), self.graph_workers, batch_size)
-        futures = []
-        for idx in batches:
-            raws = [_raw_frac(structures[i]) for i in idx]
-            futures.append([pool.submit(cb.build_graphs, raws[k : k + per], spec)
-                            for k in range(0, len(raws), per)])
-        iterator: Any = zip(batches, futures, strict=True)
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(iterator, total=len(batches), desc="chgnet single points",
-                            unit="batch")
-        for idx, futs in iterator:
-            try:
-                graphs = [g for f in futs for g in f.result()]
-            except Exception as exc:  # noqa: BLE001 - broken pool: build graphs here
-                logger.warning("graph workers failed (%s); building graphs in-process", exc)
-                graphs = cb.build_graphs([_raw_frac(structures[i]) for i in idx], spec)
-            ok = [k for k, g in enumerate(graphs) if not isinstance(g, str)]
-            for k, g in enumerate(graphs):
-                if isinstance(g, str):
-                    results[idx[k]] = EnergyResult(n_atoms=_safe_len(structures[idx[k]]),
-                                                   error=g)
-            if not ok:
-                continue
-            try:
-                out = self._forward_graphs([graphs[k] for k in ok], compute_forces,
-                                           compute_stress)
-            except Exception as exc:  # noqa: BLE001 - isolate in this process
-                logger.warning("batch failed (%s); retrying one by one", exc)
-                out = self._predict_isolating([structures[idx[k]] for k in ok],
-                                              compute_forces, compute_stress)
-            for k, res in zip(ok, out, strict=True):
-                results[idx[k]] = res
-        return [r if r is not None else EnergyResult(error="internal: not evaluated")
-                for r in results]
-
-    def _graph_pool(self) -> Any:
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            # spawn: never fork a process holding a CUDA context
-            self._pool = ProcessPoolExecutor(self.graph_workers,
-                                             mp_context=multiprocessing.get_context("spawn"))
-        return self._pool
+        return _predict_with_graph_workers(
+            self, structures, batch_size, compute_forces, compute_stress, progress,
+            build=functools.partial(cb.build_graphs, spec=self.graph_spec()), raw=_raw_frac,
+            chunk=lambda n_valid, bs: cb.chunk_sizes(n_valid, self.graph_workers, bs),
+            forward=self._forward_graphs, desc="chgnet single points")
 
     def build_graphs(self, raws: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
                      ) -> list[Any]:
@@ -1235,12 +1237,6 @@ class CHGNetEnergyModel(EnergyModel):
         from xtalforge.screening.chgnet_batch import torchsim_model
 
         return torchsim_model(self)
-
-    def close(self) -> None:
-        """Shut down the graph worker pool, if any."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
 
     def calculator(self) -> Calculator:
         """Return a cached ``CHGNetCalculator`` sharing this model."""
