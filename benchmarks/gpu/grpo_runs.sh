@@ -16,6 +16,9 @@
 #   dng@div0.2                    diversity weights x 0.2 (compositional 0.2, structural 0.02)
 #   dng@clip3                     paper weights, stability reward -clip(E_hull, 0, 3)
 #   (no base row: plan a measured it with the same checkpoint, seed and sampler).
+# PLAN=s1: the Table S1 comparison from a new base, side by side, RLS=540 s each
+#   dng@rollout-ref               de novo reward, paper weights (with the base row)
+#   dng@div0.2                    diversity weights x 0.2
 #
 # Common settings: G = 32 x 4, lr LR (3e-5), the paper's clip 1e-3, KL weight 1, entropy 1e-5,
 # stability clip 1 eV/atom unless said, reward components min-max scaled over the batch,
@@ -52,6 +55,12 @@ if [ "$PLAN" = a ]; then
   stage bench
   python3 $D/code/benchmarks/grpo_update.py --checkpoint $BASE --device cuda --group-size 32 \
     --num-conditions 4 --variants 1,4,0 > $D/grpo_update.log 2>&1
+elif [ "$PLAN" = s1 ]; then
+  RD="$RD --n-jobs 7 --rl-seconds ${RLS:-540} --reference rollout --runs dng"
+  DIRS="$D/r_dng $D/r_div02"; mkdir -p $DIRS
+  $RD --tag @rollout-ref --out-dir $D/r_dng > $D/r_dng/log.txt 2>&1 &
+  $RD --skip-base --diversity-scale 0.2 --tag @div0.2 --out-dir $D/r_div02 > $D/r_div02/log.txt 2>&1 &
+  wait
 else
   RD="$RD --n-jobs 7 --rl-seconds ${RLS:-480} --reference rollout --skip-base --runs dng"
   DIRS="$D/r_div02 $D/r_clip3"; mkdir -p $DIRS

@@ -76,3 +76,31 @@ def test_max_atoms_limits_batches_same_result(chgnet):
     e2 = np.array([r.energy_per_atom for r in allb])
     assert np.allclose(e1, e2, atol=1e-4)
     assert [r.n_steps for r in one] == [r.n_steps for r in allb]
+
+
+def test_fitting_atoms_search_stops_at_the_input_size(monkeypatch):
+    """The CUDA batch-size search never tries more atoms than the whole input holds."""
+    import torch_sim as ts
+    import torch_sim.autobatching as ab
+
+    from xtalforge.screening import relax
+
+    structures = [s * (1, 1, 2) for s in _crystals()[:2]] + [_crystals()[2] * (2, 2, 1)]
+    assert [len(s) for s in structures] == [4, 4, 8]  # 16 atoms, the largest 8
+    calls, fit = [], {"copies": 10**6}
+
+    def search(state, model, max_atoms=500_000, start_size=1, scale_factor=1.6):
+        calls.append((state, max_atoms))
+        sizes = [start_size]  # torch-sim's geometric sequence of copies
+        while (nxt := max(round(sizes[-1] * scale_factor), sizes[-1] + 1)) < max_atoms:
+            sizes.append(nxt)
+        return min(sizes[-1], fit["copies"])
+
+    monkeypatch.setattr(ab, "determine_max_batch_size", search)
+    monkeypatch.setattr(ts, "initialize_state", lambda s, device, dtype: len(s))
+    # everything fits: one batch holding all 16 atoms, found with at most 2 + a margin copies
+    assert relax._fitting_atoms(None, structures, "cuda", None) == 16
+    assert calls[-1] == (8, 5)
+    # memory for one copy of the largest system only
+    fit["copies"] = 1
+    assert relax._fitting_atoms(None, structures, "cuda", None) == 8

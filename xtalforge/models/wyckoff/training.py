@@ -56,16 +56,28 @@ def sequences_for_training(generator: WyckoffTransformerGenerator, structures: S
 @torch.no_grad()
 def validation_nll(generator: WyckoffTransformerGenerator, data: SequenceBatch,
                    batch_size: int = 512) -> float:
-    """Mean negative log-likelihood per crystal of held-out sequences (eval mode)."""
+    """Mean negative log-likelihood per crystal of held-out sequences (eval mode).
+
+    A held-out crystal that the model gives probability zero (an element never seen in
+    training is masked out of the element head) has an infinite NLL; it is left out of the
+    mean and counted in a warning, so that one such crystal does not make the number useless.
+    """
     model = generator.model
     was = model.training
     model.eval()
-    total = 0.0
+    total, n, impossible = 0.0, 0, 0
     for start in range(0, len(data), batch_size):
         b = data[start : start + batch_size].to(generator.device)
-        total += float(-model.log_prob(b).sum())
+        nll = -model.log_prob(b).double()
+        ok = torch.isfinite(nll)
+        total += float(nll[ok].sum())
+        n += int(ok.sum())
+        impossible += int((~ok).sum())
     model.train(was)
-    return total / max(len(data), 1)
+    if impossible:
+        logger.warning("validation_nll: %d of %d held-out crystals have probability zero under "
+                       "the model (left out of the mean)", impossible, len(data))
+    return total / n if n else float("inf")
 
 
 def train_wyckoff(
