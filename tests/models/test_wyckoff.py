@@ -76,6 +76,21 @@ def test_tokenizer_round_trip(idx):
     assert letters == sorted(letters)
 
 
+def test_unphysical_cell_is_an_error_not_a_crash():
+    """A sampled Fm-3m lattice of 0.14 Å (once a spglib segfault) is a TokenizeError."""
+    from dataclasses import replace
+
+    from xtalforge.models.wyckoff.tokenizer import TokenizeError
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"],
+                                     [[0, 0, 0], [0.5, 0.5, 0.5]])
+    seq = structure_to_sequence(nacl)
+    assert len(sequence_to_structure(seq)) == 2
+    tiny = replace(seq, lattice=np.array([0.14, 0.14, 0.14, 90.0, 90.0, 90.0]))
+    with pytest.raises(TokenizeError, match="unphysical cell"):
+        sequence_to_structure(tiny)
+
+
 def test_log_prob_equals_teacher_forcing_and_conditions():
     torch.manual_seed(1)
     gen = WyckoffTransformerGenerator(WyckoffTransformerConfig.tiny())

@@ -28,6 +28,17 @@ __all__ = ["TokenizeError", "WyckoffSequence", "sequence_to_structure", "structu
 
 logger = logging.getLogger(__name__)
 
+#: Smallest volume per atom (Å³) a decoded cell may have; real crystals have more than 5.
+MIN_VOLUME_PER_ATOM = 1.0
+
+
+def _min_distance(structure) -> float:
+    """Shortest interatomic distance (Å, periodic); inf for one atom."""
+    if len(structure) < 2:
+        return float("inf")
+    dm = structure.distance_matrix
+    return float(dm[~np.eye(len(structure), dtype=bool)].min())
+
 
 class TokenizeError(ValueError):
     """A structure that cannot be written as a Wyckoff sequence (or a sequence as a structure)."""
@@ -197,7 +208,11 @@ def sequence_to_structure(seq: WyckoffSequence, primitive: bool = True, merge_to
         species += [el] * len(keep)
         coords += keep
     s = Structure(lattice, species, np.array(coords))
-    if primitive and int(t.centering[seq.group]) > 1:
+    if s.volume / len(s) < MIN_VOLUME_PER_ATOM:
+        # a sampled lattice far below any real crystal's density (spglib crashes on some)
+        raise TokenizeError(f"unphysical cell: {s.volume / len(s):.3g} A^3 per atom "
+                            f"(lattice {np.round(p, 3).tolist()})")
+    if primitive and int(t.centering[seq.group]) > 1 and _min_distance(s) > 0.5:
         from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
         try:
