@@ -157,6 +157,18 @@ def evaluate(label, gen, args, res, device, surrogate=None) -> dict:
             "n_with_e_above_hull": summary.get("n_with_e_above_hull"),
             "t_screen_s": summary["timings_s"]["total"],
         })
+        if args.save_samples:  # the record format of generator_scaling.py (second_opinion.py)
+            import gzip
+
+            flags = ("stable", "metastable", "sun", "msun")
+            samples = [{"structure": None if st is None else st.as_dict(),
+                        "e_above_hull": r.get("e_above_hull"), "error": r.get("error"),
+                        **{k: r.get(k) for k in flags}}
+                       for st, r in zip(structs, records, strict=True)]
+            path = args.out_dir / f"samples_{label.replace('@', '_')}.json.gz"
+            with gzip.open(path, "wt") as fh:
+                json.dump(samples, fh)
+            row["samples_file"] = path.name
         e = np.array([r["e_above_hull"] for r in records if r.get("e_above_hull") is not None],
                      dtype=float)
         e = e[np.isfinite(e)]
@@ -304,6 +316,9 @@ def main() -> None:
     ap.add_argument("--surrogate", type=Path, default=None,
                     help="reuse a band-gap surrogate saved by an earlier run (skips training)")
     ap.add_argument("--n-val-latents", type=int, default=256)
+    ap.add_argument("--save-samples", action="store_true",
+                    help="write every screened model's samples with their E_hull and flags to "
+                         "samples_<model>.json.gz in --out-dir")
     ap.add_argument("--novelty-reference", choices=["val", "val+test"], default="val+test",
                     help="MP-20 structures that novelty, creativity and the coverage embeddings "
                          "are measured against: val+test (every MP-20 structure with positions "
