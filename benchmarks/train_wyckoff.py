@@ -479,6 +479,78 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+# -------------------------------------------------------------------------------------- plot
+def cmd_plot(args) -> None:
+    """One PNG from a work folder: PPO curves, space groups of the samples, S.U.N. per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(args.out)
+    ppo = [json.loads(x) for x in (out / "ppo.jsonl").read_text().splitlines()] \
+        if (out / "ppo.jsonl").exists() else []
+    evals = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()] \
+        if (out / "eval.jsonl").exists() else []
+    compare = json.loads((out / "compare.json").read_text()) \
+        if (out / "compare.json").exists() else None
+    fig, ax = plt.subplots(1, 4, figsize=(22, 4.8))
+    if ppo:
+        st = [r["step"] for r in ppo]
+        ax[0].plot(st, [r["reward_raw_total"] for r in ppo], "o-", label="mean reward -E_hull")
+        ax[0].set_xlabel("PPO step")
+        ax[0].set_ylabel("reward (eV/atom)")
+        tw = ax[0].twinx()
+        tw.plot(st, [r["kl"] for r in ppo], "s--", color="C3", label="KL to the base")
+        tw.set_ylabel("KL(p_theta || p_base) per crystal (nats)", color="C3")
+        ax[0].set_title("PPO: reward and KL per step")
+        ev = [r for r in ppo if "eval/frac_metastable" in r]
+        ax[1].plot([r["step"] for r in ev], [100 * r["eval/frac_metastable"] for r in ev], "o-",
+                   label="metastable")
+        ax[1].plot([r["step"] for r in ev], [100 * r["eval/frac_msun"] for r in ev], "s-",
+                   label="mSUN")
+        ax[1].set_xlabel("PPO step")
+        ax[1].set_ylabel("% of the fixed evaluation samples")
+        ax[1].set_title(f"PPO: fixed-seed evaluation ({int(ev[0]['eval/n']) if ev else 0} samples)")
+        ax[1].legend()
+    base = next((r for r in evals if r["label"] == "base"), None)
+    if base is not None:
+        top = base["space_groups"]["top15_data"]
+        keys = list(top)
+        x = np.arange(len(keys))
+        ax[2].bar(x - 0.2, [100 * top[k][0] for k in keys], 0.4, label="training data")
+        ax[2].bar(x + 0.2, [100 * top[k][1] for k in keys], 0.4, label="base samples")
+        ax[2].set_xticks(x, keys, rotation=90)
+        ax[2].set_xlabel("space group")
+        ax[2].set_ylabel("%")
+        ax[2].set_title("space groups, total variation "
+                        f"{base['space_groups']['total_variation']:.3f}")
+        ax[2].legend()
+    if compare is not None:
+        rows = compare["sun_per_spacegroup"]["rows"]
+        groups = compare["space_groups"]
+        labels = list(compare["models"])
+        x = np.arange(len(groups))
+        w = 0.8 / max(len(labels), 1)
+        for i, lab in enumerate(labels):
+            val = {r["Space group"]: r["mSUN (%)"] for r in rows if r["Group"] == lab}
+            ax[3].bar(x + (i - (len(labels) - 1) / 2) * w, [val.get(g, 0.0) for g in groups], w,
+                      label=lab)
+        ax[3].set_xticks(x, [str(g) for g in groups], rotation=90)
+        ax[3].set_xlabel("space group (Cao & Wang 2025, Fig. 4)")
+        ax[3].set_ylabel("S.U.N. (E_hull < 0.1, unique, novel) %")
+        n = rows[0]["N"] if rows else 0
+        ax[3].set_title(f"S.U.N. per space group ({n} samples each)")
+        ax[3].legend()
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.suptitle(args.title or f"Wyckoff transformer: {out}")
+    fig.tight_layout()
+    Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.figure, dpi=110)
+    logger.info("wrote %s", args.figure)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -546,6 +618,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-seed", type=int, default=12345)
     p.add_argument("--n-per-group", type=int, default=1000)
     p.add_argument("--space-groups", nargs="+", default=list(FIG4_SPACE_GROUPS))
+    p = sub.add_parser("plot")
+    p.add_argument("--out", default="out/wyckoff", help="the work folder to plot")
+    p.add_argument("--figure", default="benchmarks/figures/wyckoff_ppo.png")
+    p.add_argument("--title", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stdout)
@@ -553,7 +629,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     {"train": cmd_train, "eval": cmd_eval, "ppo": cmd_ppo, "sft": cmd_sft,
-     "compare": cmd_compare}[args.cmd](args)
+     "compare": cmd_compare, "plot": cmd_plot}[args.cmd](args)
 
 
 if __name__ == "__main__":
