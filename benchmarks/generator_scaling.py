@@ -215,6 +215,7 @@ class Screener:
         t0 = time.perf_counter()
         res = gen.generate(n, seed=a.eval_seed, batch_size=500, device=a.device,
                            dtype="fp32", steps=50, eta=1.0, use_ema=True, **conditions)
+        self.last_result = res  # the generator's own output (e.g. sampled space groups)
         t1 = time.perf_counter()
         records, summary = screen_structures(
             res.structures, GuardedEnergyModel(self.model, 2.0), self.hull,
@@ -238,12 +239,21 @@ class Screener:
                             "eta": 1.0, "mlip": a.mlip, "mode": "single point",
                             "hull_convention": self.hull.convention,
                             "novelty_reference": "MP-20 val + test", "split": self.split}}
-        flags = ("stable", "metastable", "sun", "msun")
-        samples = [{"structure": None if s is None else s.as_dict(),
-                    "e_above_hull": r.get("e_above_hull"), "error": r.get("error"),
-                    **{k: r.get(k) for k in flags}}
-                   for s, r in zip(res.structures, records, strict=True)]
-        return row, samples
+        return row, sample_records(res.structures, records)
+
+
+def sample_records(structures, records) -> list[dict]:
+    """Samples with their screening results, the record format of ``samples_*.json.gz``.
+
+    One dict per sample: the structure (pymatgen dict or ``None``), its E_hull, the error of
+    a failed evaluation and the flags ``stable``, ``metastable``, ``sun``, ``msun``
+    (``benchmarks/second_opinion.py`` reads these files).
+    """
+    flags = ("stable", "metastable", "sun", "msun")
+    return [{"structure": None if s is None else s.as_dict(),
+             "e_above_hull": r.get("e_above_hull"), "error": r.get("error"),
+             **{k: r.get(k) for k in flags}}
+            for s, r in zip(structures, records, strict=True)]
 
 
 def cmd_eval(args) -> None:

@@ -157,17 +157,14 @@ def evaluate(label, gen, args, res, device, surrogate=None) -> dict:
             "n_with_e_above_hull": summary.get("n_with_e_above_hull"),
             "t_screen_s": summary["timings_s"]["total"],
         })
-        if args.save_samples:  # the record format of generator_scaling.py (second_opinion.py)
+        if args.save_samples:  # the record format that second_opinion.py reads
             import gzip
 
-            flags = ("stable", "metastable", "sun", "msun")
-            samples = [{"structure": None if st is None else st.as_dict(),
-                        "e_above_hull": r.get("e_above_hull"), "error": r.get("error"),
-                        **{k: r.get(k) for k in flags}}
-                       for st, r in zip(structs, records, strict=True)]
+            from generator_scaling import sample_records
+
             path = args.out_dir / f"samples_{label.replace('@', '_')}.json.gz"
             with gzip.open(path, "wt") as fh:
-                json.dump(samples, fh)
+                json.dump(sample_records(structs, records), fh)
             row["samples_file"] = path.name
         e = np.array([r["e_above_hull"] for r in records if r.get("e_above_hull") is not None],
                      dtype=float)

@@ -209,7 +209,7 @@ def cmd_eval(args) -> None:
     t = time.perf_counter()
     row, samples = screener(gen, {"checkpoint": str(args.checkpoint), "label": args.label})
     row["samples_per_s"] = args.n_samples / row["t_sample_s"]
-    res = gen.generate(args.n_samples, seed=args.eval_seed, batch_size=500, device=args.device)
+    res = screener.last_result  # the screened samples, with their sampled space groups
     sg_found = []
     for s in res.structures:
         try:

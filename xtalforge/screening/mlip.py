@@ -446,15 +446,7 @@ class EnergyModel(ABC):
         list of EnergyResult
             One result per input, in input order, never dropping one.
         """
-        results: list[EnergyResult | None] = [None] * len(structures)
-        valid: list[int] = []
-        for i, s in enumerate(structures):
-            reason = self.check_structure(s)
-            if reason is None:
-                valid.append(i)
-            else:
-                n = 0 if s is None else _safe_len(s)
-                results[i] = EnergyResult(n_atoms=n, error=reason)
+        results, valid = _checked_inputs(self, structures)
         batch_size = max(int(batch_size), 1)
         batches = [valid[k : k + batch_size] for k in range(0, len(valid), batch_size)]
         iterator: Any = batches
@@ -637,6 +629,24 @@ def _safe_len(s: Any) -> int:
         return 0
 
 
+def _checked_inputs(model: Any, structures: Sequence[Any]
+                    ) -> tuple[list[EnergyResult | None], list[int]]:
+    """Apply ``model.check_structure`` to every input before a batched evaluation.
+
+    Returns one slot per input (an :class:`EnergyResult` carrying the rejection reason, or
+    ``None`` for an input still to evaluate) and the indices of the inputs to evaluate.
+    """
+    results: list[EnergyResult | None] = [None] * len(structures)
+    valid: list[int] = []
+    for i, s in enumerate(structures):
+        reason = model.check_structure(s)
+        if reason is None:
+            valid.append(i)
+        else:
+            results[i] = EnergyResult(n_atoms=_safe_len(s), error=reason)
+    return results, valid
+
+
 def _ase_single_point(
     calc: Calculator,
     structure: Any,
@@ -719,14 +729,7 @@ def _predict_with_graph_workers(
     desc
         Progress-bar label.
     """
-    results: list[EnergyResult | None] = [None] * len(structures)
-    valid: list[int] = []
-    for i, s in enumerate(structures):
-        reason = model.check_structure(s)
-        if reason is None:
-            valid.append(i)
-        else:
-            results[i] = EnergyResult(n_atoms=_safe_len(s), error=reason)
+    results, valid = _checked_inputs(model, structures)
     batch_size = max(int(batch_size), 1)
     batches = [valid[k : k + batch_size] for k in range(0, len(valid), batch_size)]
     pool = model._graph_pool()
