@@ -140,7 +140,9 @@ def main() -> None:
     ap.add_argument("--store-dir", type=Path, default=None, help="MontyStore dir (default: memory)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    # progress of a batched relaxation, with its graph-building / model time split
+    logging.getLogger("xtalforge.screening.relax").setLevel(logging.INFO)
 
     import torch
 

@@ -13,7 +13,10 @@
 #                 against the ASE loop (chgnet_profile.py) on STRUCTURES (a JSON(.gz) list of
 #                 generated structures, e.g. a scaling evaluation's samples_*.json.gz)
 # 3. round_relax  one round of NRELAX structures (default 1,000) relaxed with torch-sim batched
-#                 FIRE (fmax 0.05 eV/A, <= 300 steps) against one ASE FIRE run per structure
+#                 FIRE (fmax 0.05 eV/A, <= 300 steps) against one ASE FIRE run per structure;
+#                 CHGNet graphs are rebuilt at every step, in GRAPH_WORKERS processes (serial
+#                 graph building, about 5 ms a cell, is what bounds a batched relaxation on a
+#                 GPU); the log shows progress and the graph / model time split every minute
 # Each stage writes D/<stage>.json and is skipped when that file exists.
 #
 # Environment: CKPT (required), STRUCTURES, DATA_DIR (MP-20 CSVs, default ../shared/data/mp20), WHEELS,
@@ -46,7 +49,7 @@ stage profile
 
 stage round_relax
 [ -f "$D/round_relax.json" ] || $CT --n "$NRELAX" --relax --fmax 0.05 --steps 300 \
-    --n-jobs "$N_JOBS" --baseline-n "$RELAX_BASELINE_N" --out "$D/round_relax.json" \
+    --graph-workers "$GRAPH_WORKERS" --n-jobs "$N_JOBS" --baseline-n "$RELAX_BASELINE_N" --out "$D/round_relax.json" \
     > "$D/round_relax.log" 2>&1 || { stage failed-round_relax; exit 14; }
 stage done
 echo "== total $(( $(date +%s) - T0 ))s"

@@ -68,6 +68,21 @@ def test_unconverged_and_exploding_recorded(chgnet):
     assert res[1].structure is None and math.isnan(res[1].energy)
 
 
+def test_progress_logged_with_graph_and_model_time(chgnet, caplog):
+    structs = _crystals()
+    with caplog.at_level("INFO", logger="xtalforge.screening.relax"):
+        res = chgnet.relax_batched(structs, fmax=0.05, steps=20, log_every=0.0)
+    lines = [r.getMessage() for r in caplog.records if "batched relax" in r.getMessage()]
+    assert lines, "no progress line"
+    last = lines[-1]
+    assert "3/3 structures finished" in last
+    steps = sum(r.n_steps for r in res)
+    assert f"{steps} optimiser steps" in last
+    graph_s = float(last.split("graph ")[1].split(" s")[0])
+    model_s = float(last.split("model ")[1].split(" s")[0])
+    assert graph_s > 0 and model_s > 0
+
+
 def test_max_atoms_limits_batches_same_result(chgnet):
     structs = _crystals()
     one = chgnet.relax_batched(structs, fmax=0.05, steps=100, max_atoms=2)

@@ -22,6 +22,7 @@ round-off (``tests/screening/test_chgnet_batch.py``).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -281,6 +282,9 @@ def torchsim_model(energy_model: Any) -> Any:
     the energy model's graph worker pool when it has one, and evaluates them with
     :func:`forward`. A system whose graph cannot be built gets NaN energy and forces and its
     reason in ``system_errors`` (keyed by its index in the state); the others are evaluated.
+    ``timings`` accumulates the seconds spent building graphs (``graph``, CPU) and in the
+    model (``model``, transfer, forward and backward), the split that decides whether more
+    graph workers or a larger batch pays.
     """
     import torch
     from torch_sim.models.interface import ModelInterface
@@ -298,8 +302,10 @@ def torchsim_model(energy_model: Any) -> Any:
             self._compute_stress = True
             self._memory_scales_with = "n_atoms"
             self.system_errors: dict[int, str] = {}
+            self.timings = {"graph": 0.0, "model": 0.0}
 
         def forward(self, state: Any, **_: Any) -> dict[str, torch.Tensor]:
+            t0 = time.perf_counter()
             n_sys = int(state.n_systems)
             counts = torch.bincount(state.system_idx, minlength=n_sys).tolist()
             lattice = state.row_vector_cell.detach().to("cpu", torch.float64).numpy()
@@ -311,6 +317,8 @@ def torchsim_model(energy_model: Any) -> Any:
                 raws.append((z[start : start + n], frac, lattice[b]))
                 start += n
             graphs = self.energy_model.build_graphs(raws)
+            t1 = time.perf_counter()
+            self.timings["graph"] += t1 - t0
             self.system_errors = {b: g for b, g in enumerate(graphs) if isinstance(g, str)}
             ok = [b for b, g in enumerate(graphs) if not isinstance(g, str)]
             dev, dt = self._device, self._dtype
@@ -325,6 +333,9 @@ def torchsim_model(energy_model: Any) -> Any:
                 atom_ok = torch.cat([torch.full((n,), b in self.system_errors, dtype=torch.bool)
                                      for b, n in enumerate(counts)]).logical_not().to(dev)
                 forces[atom_ok] = out["forces"].to(dt)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            self.timings["model"] += time.perf_counter() - t1
             return {"energy": energy, "forces": forces, "stress": stress}
 
     return CHGNetTorchSimModel()

@@ -584,6 +584,7 @@ class EnergyModel(ABC):
         check_every: int = 5,
         progress: bool = False,
         optimizer: str = "FIRE",
+        log_every: float = 60.0,
     ) -> list[RelaxResult]:
         """Relax many structures at once with torch-sim (batched FIRE).
 
@@ -597,7 +598,8 @@ class EnergyModel(ABC):
         with preserve_torch_dtype():
             return relax_batched(self, structures, fmax=fmax, steps=steps,
                                  cell_filter=cell_filter, max_atoms=max_atoms,
-                                 check_every=check_every, progress=progress)
+                                 check_every=check_every, progress=progress,
+                                 log_every=log_every)
 
     def predict_ase_loop(
         self,

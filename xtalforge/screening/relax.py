@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,7 @@ def relax_batched(
     max_atoms: int | None = None,
     check_every: int = 5,
     progress: bool = False,
+    log_every: float = 60.0,
 ) -> list[RelaxResult]:
     """Relax many structures at once with torch-sim's batched FIRE.
 
@@ -104,7 +106,10 @@ def relax_batched(
     check_every : int
         Steps between convergence checks and batch swaps.
     progress : bool
-        tqdm bar over finished structures.
+        tqdm bar over finished structures. Without it, progress (structures finished,
+        optimiser steps) is logged at INFO level every ``log_every`` seconds.
+    log_every : float
+        Seconds between progress log lines.
 
     Returns
     -------
@@ -168,6 +173,20 @@ def relax_batched(
 
         bar = tqdm(total=len(todo), desc=f"{model.name} batched relax", unit="structure")
     threshold = model.force_threshold
+    t_start = time.perf_counter()
+    last_log = [t_start]
+    n_done = [0]
+
+    def log_progress(final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and now - last_log[0] < log_every:
+            return
+        last_log[0] = now
+        timings = getattr(tsm, "timings", None) or {}
+        split = "".join(f", {k} {v:.1f} s" for k, v in timings.items())
+        logger.info("%s batched relax: %d/%d structures finished, %d optimiser steps, "
+                    "%.1f s%s", model.name, n_done[0], len(todo), int(n_steps.sum()),
+                    now - t_start, split)
 
     def record(state: Any, local: int, k: int, converged: bool, error: str | None) -> None:
         """Store the result of system ``local`` of ``state`` (original index ``todo[k]``)."""
@@ -199,6 +218,7 @@ def relax_batched(
             max_force=fmax_k if np.isfinite(fmax_k) else math.nan,
             backend="torch-sim",
         )
+        n_done[0] += 1
         if bar is not None:
             bar.update(1)
 
@@ -217,6 +237,8 @@ def relax_batched(
         done = _assess(state, tsm, idx, n_steps, fmax, steps, threshold, has_cell)
         if all(d is None for d in done):
             state = step_batch(state, idx)
+            if bar is None:
+                log_progress()
             continue
         flags = torch.zeros(state.n_systems, dtype=torch.bool, device=device)
         for local, (k, d) in enumerate(zip(idx, done, strict=True)):
@@ -226,6 +248,7 @@ def relax_batched(
         state, _, idx = batcher.next_batch(state, flags)
     if bar is not None:
         bar.close()
+    log_progress(final=True)
     return [r if r is not None else RelaxResult(error="internal: not relaxed",
                                                 n_steps=0, backend="torch-sim")
             for r in results]
