@@ -62,6 +62,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -241,6 +242,19 @@ def cmd_eval(args) -> None:
 
 
 # -------------------------------------------------------------------------------------- ppo
+#: the reward of Cao & Wang 2025: -E_hull (clipped at 5 eV/atom, not normalised)
+EHULL_REWARD = [{"name": "stability", "normalize": None, "clip": 5.0}]
+
+
+def _reward_spec(text: str) -> Any:
+    """``--reward``: ``ehull`` (the paper's), a preset name of the registry or a JSON list."""
+    if text == "ehull":
+        return EHULL_REWARD
+    if text.lstrip().startswith(("[", "{")):
+        return json.loads(text)
+    return text
+
+
 def cmd_ppo(args) -> None:
     from generator_scaling import Screener
 
@@ -253,7 +267,10 @@ def cmd_ppo(args) -> None:
     screener = Screener(args)
     base = WyckoffTransformerGenerator.load(args.checkpoint, map_location=args.device)
     state_path = out / "ppo_state.pt"
-    policy = base
+    # a fresh run starts from the base, or from --init (a policy fine-tuned before, e.g. with
+    # another reward); the KL term always measures the distance to the base
+    policy = (WyckoffTransformerGenerator.load(args.init, map_location=args.device)
+              if args.init else base)
     state = None
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -261,7 +278,7 @@ def cmd_ppo(args) -> None:
                                                   map_location=args.device)
     res = RewardResources(energy_model=screener.model, hull=screener.hull,
                           reference=screener.reference, n_jobs=args.n_jobs, device=args.device)
-    reward = build_reward([{"name": "stability", "normalize": None, "clip": 5.0}])
+    reward = build_reward(_reward_spec(args.reward))
     cfg = PPOConfig(batch_size=args.batch_size, minibatch_size=args.minibatch_size,
                     kl_coef=args.kl_coef, lr=args.lr, max_steps=args.steps, seed=args.seed,
                     eval_every=args.eval_every, eval_samples=args.eval_samples)
@@ -279,9 +296,11 @@ def cmd_ppo(args) -> None:
     def callback(tr: PPOTrainer, row: dict) -> None:
         _append(out / "ppo.jsonl", {k: v for k, v in row.items() if not k.startswith("t_metric")}
                 | {"device": _device_name(args.device),
-                   "protocol": {"reward": "-E_hull (CHGNet single point, MP-20 formation hull)",
+                   "protocol": {"reward": reward.config(), "mlip": args.mlip,
+                                "mode": "single point",
                                 "hull_convention": screener.hull.convention,
-                                "batch_size": cfg.batch_size, "kl_coef": cfg.kl_coef}})
+                                "batch_size": cfg.batch_size, "kl_coef": cfg.kl_coef,
+                                "base": str(args.checkpoint), "init": args.init}})
         if tr.step % args.checkpoint_every == 0:
             save(tr)
 
@@ -598,6 +617,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--eval-samples", type=int, default=500)
     p.add_argument("--checkpoint-every", type=int, default=5)
+    p.add_argument("--init", default=None,
+                   help="initial policy (default: the base --checkpoint, the KL reference)")
+    p.add_argument("--reward", default="ehull",
+                   help="'ehull' (-E_hull, Cao & Wang 2025), a reward preset (e.g. "
+                        "dng_no_diversity) or a JSON list of reward components, e.g. "
+                        '\'[{"name": "stability", "normalize": null}, '
+                        '{"name": "creativity", "normalize": null}]\'')
     p = sub.add_parser("sft")
     common(p)
     screening(p)

@@ -13,7 +13,8 @@
 # 2. eval    the final model with the fixed protocol of generator_scaling.py (NSAMPLES samples,
 #            seed 12345, CHGNet single points, MP-20 formation hull, novelty against MP-20
 #            val + test) plus the space-group distribution and samples/s.
-# 3. ppo     PPO with r = -E_hull (tau KL, 3 updates per batch, eps 0.2, EMA baseline 0.95),
+# 3. ppo     PPO with r = -E_hull (REWARD=ehull; or a preset / JSON list of the reward registry,
+#            see `train_wyckoff.py ppo --help`) (tau KL, 3 updates per batch, eps 0.2, EMA baseline 0.95),
 #            PPOSTEPS steps of PPOBATCH samples, resumable ($D/ppo_state.pt), then eval of the
 #            fine-tuned policy with the same protocol (label ppo).
 # 4. sft     the supervised fine-tuning baseline of Cao & Wang 2025 Fig. 5: SFTN samples of the
@@ -36,7 +37,7 @@
 # `pip download pyxtal==1.1.5 --no-deps -d $WHEELS`; of its dependencies only ase, networkx,
 # pandas, scipy and spglib are imported, which the project's environment has), MODEL,
 # STEPS, BATCH, LR, TRAINM, SNAP, LIMIT (first N training crystals, for smoke runs), NSAMPLES,
-# PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch), KL (tau), PPOEVAL (PPO eval samples), SFTN,
+# PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch), KL (tau), REWARD, PPOEVAL (PPO eval samples), SFTN,
 # SFTEPOCHS, SFTRELAX (1/0), NSG, SPACEGROUPS (space-separated numbers), NJOBS, DEVICE.
 set -o pipefail
 PIPELINE=wyckoff_pipeline
@@ -53,6 +54,7 @@ PPOSTEPS=${PPOSTEPS:-100}
 PPOBATCH=${PPOBATCH:-1000}
 PPOMB=${PPOMB:-250}
 KL=${KL:-0.1}
+REWARD=${REWARD:-ehull}
 PPOEVAL=${PPOEVAL:-500}
 SFTN=${SFTN:-10000}
 SFTEPOCHS=${SFTEPOCHS:-55}
@@ -85,7 +87,7 @@ grep -q '"label": "base"' $D/eval.jsonl 2>/dev/null || \
 stage ppo
 [ -f $D/ppo.pt ] || $TW ppo $COMMON --checkpoint $D/wyckoff.pt --steps $PPOSTEPS \
   --batch-size $PPOBATCH --minibatch-size $PPOMB --kl-coef $KL --n-jobs $NJOBS --eval-every 10 \
-  --eval-samples $PPOEVAL || { stage failed-ppo; exit 15; }
+  --eval-samples $PPOEVAL --reward "$REWARD" || { stage failed-ppo; exit 15; }
 export_ckpt $D/ppo.pt
 
 stage eval-ppo
