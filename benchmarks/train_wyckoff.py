@@ -513,7 +513,12 @@ def cmd_plot(args) -> None:
         if (out / "eval.jsonl").exists() else []
     compare = json.loads((out / "compare.json").read_text()) \
         if (out / "compare.json").exists() else None
-    fig, ax = plt.subplots(1, 4, figsize=(22, 4.8))
+    base = next((r for r in evals if r["label"] == "base"), None)
+    n_panels = 2 + (base is not None) + (compare is not None)
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.8))
+    ax = dict(enumerate(axes))
+    if base is None:  # the S.U.N. panel moves left
+        ax[3] = ax.get(2)
     if ppo:
         st = [r["step"] for r in ppo]
         ax[0].plot(st, [r["reward_raw_total"] for r in ppo], "o-", label="mean reward -E_hull")
@@ -532,7 +537,6 @@ def cmd_plot(args) -> None:
         ax[1].set_ylabel("% of the fixed evaluation samples")
         ax[1].set_title(f"PPO: fixed-seed evaluation ({int(ev[0]['eval/n']) if ev else 0} samples)")
         ax[1].legend()
-    base = next((r for r in evals if r["label"] == "base"), None)
     if base is not None:
         top = base["space_groups"]["top15_data"]
         keys = list(top)
@@ -542,8 +546,8 @@ def cmd_plot(args) -> None:
         ax[2].set_xticks(x, keys, rotation=90)
         ax[2].set_xlabel("space group")
         ax[2].set_ylabel("%")
-        ax[2].set_title("space groups, total variation "
-                        f"{base['space_groups']['total_variation']:.3f}")
+        ax[2].set_title("space groups (drawn from the training prior), total variation "
+                        f"{base['space_groups']['total_variation']:.3f}", fontsize=9)
         ax[2].legend()
     if compare is not None:
         rows = compare["sun_per_spacegroup"]["rows"]
@@ -561,7 +565,7 @@ def cmd_plot(args) -> None:
         n = rows[0]["N"] if rows else 0
         ax[3].set_title(f"S.U.N. per space group ({n} samples each)")
         ax[3].legend()
-    for a in ax:
+    for a in axes:
         a.grid(alpha=0.3)
     fig.suptitle(args.title or f"Wyckoff transformer: {out}")
     fig.tight_layout()
