@@ -83,6 +83,20 @@ def test_progress_logged_with_graph_and_model_time(chgnet, caplog):
     assert graph_s > 0 and model_s > 0
 
 
+def test_graph_workers_give_the_same_relaxation(chgnet):
+    # the GPU relaxation round builds the per-step graphs in worker processes
+    structs = _crystals()
+    pooled = get_energy_model("chgnet", graph_workers=1)
+    pooled.model = chgnet.model
+    try:
+        a = pooled.relax_batched(structs, fmax=0.05, steps=30)
+    finally:
+        pooled.close()
+    b = chgnet.relax_batched(structs, fmax=0.05, steps=30)
+    assert [r.n_steps for r in a] == [r.n_steps for r in b]
+    assert np.allclose([r.energy_per_atom for r in a], [r.energy_per_atom for r in b], atol=1e-5)
+
+
 def test_max_atoms_limits_batches_same_result(chgnet):
     structs = _crystals()
     one = chgnet.relax_batched(structs, fmax=0.05, steps=100, max_atoms=2)
