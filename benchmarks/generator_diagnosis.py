@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--figure", default=str(ROOT / "benchmarks/figures/generator_diagnosis.png"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks/generator_diagnosis.json"))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--title", default="Generated samples against MP-20 training crystals "
+                    "(samples: DDIM 50, eta 1; E_hull: CHGNet single points, MP-20 formation hull)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stdout)
@@ -207,8 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         ax.bar(np.arange(1, 6) + i * w, np.asarray(share) * 100, w, label=name, color=f"C{i}")
     ax.set_xticks(np.arange(1, 6), ["1", "2", "3", "4", "5+"])
     ax.set_title("metastable share (%) by number of elements", fontsize=10)
-    fig.suptitle("Generated samples against MP-20 training crystals (samples: DDIM 50, eta 1; "
-                 "E_hull: CHGNet single points, MP-20 formation hull)", fontsize=11)
+    fig.suptitle(args.title, fontsize=11)
     fig.tight_layout()
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.figure, dpi=110)
