@@ -185,6 +185,15 @@ def cmd_train(args) -> None:
         logger.info("run budget spent at step %d: run the same command to continue", h["steps"])
 
 
+def _load_generator(path, args):
+    """A Wyckoff generator on ``args.device`` that decodes in ``args.decode_workers`` processes."""
+    from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
+
+    gen = WyckoffTransformerGenerator.load(path, map_location=args.device)
+    gen.decode_workers = getattr(args, "decode_workers", 0)
+    return gen
+
+
 # ------------------------------------------------------------------------------------- eval
 def _space_group_table(groups_sampled: np.ndarray, groups_data: np.ndarray) -> dict:
     ps = np.bincount(groups_sampled, minlength=231) / max(len(groups_sampled), 1)
@@ -198,12 +207,11 @@ def cmd_eval(args) -> None:
     from generator_scaling import Screener
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
 
     out = Path(args.out)
     args.workers = args.workers or 1
     screener = Screener(args)
-    gen = WyckoffTransformerGenerator.load(args.checkpoint, map_location=args.device)
+    gen = _load_generator(args.checkpoint, args)
     gen.generate(min(64, args.n_samples), seed=1, device=args.device)  # warm-up
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -258,24 +266,22 @@ def _reward_spec(text: str) -> Any:
 def cmd_ppo(args) -> None:
     from generator_scaling import Screener
 
-    from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
     from xtalforge.rewards import RewardResources, build_reward
     from xtalforge.rl.ppo import PPOConfig, PPOTrainer
 
     out = Path(args.out)
     args.workers = args.workers or 1
     screener = Screener(args)
-    base = WyckoffTransformerGenerator.load(args.checkpoint, map_location=args.device)
+    base = _load_generator(args.checkpoint, args)
     state_path = out / "ppo_state.pt"
     # a fresh run starts from the base, or from --init (a policy fine-tuned before, e.g. with
     # another reward); the KL term always measures the distance to the base
-    policy = (WyckoffTransformerGenerator.load(args.init, map_location=args.device)
+    policy = (_load_generator(args.init, args)
               if args.init else base)
     state = None
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        policy = WyckoffTransformerGenerator.load(out / "ppo_policy_last.pt",
-                                                  map_location=args.device)
+        policy = _load_generator(out / "ppo_policy_last.pt", args)
     res = RewardResources(energy_model=screener.model, hull=screener.hull,
                           reference=screener.reference, n_jobs=args.n_jobs, device=args.device)
     reward = build_reward(_reward_spec(args.reward))
@@ -317,14 +323,13 @@ def cmd_sft(args) -> None:
     from generator_scaling import Screener
     from pymatgen.core import Structure
 
-    from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
     from xtalforge.rl.sft import select_stable, supervised_finetune
     from xtalforge.screening.screen import screen_structures
 
     out = Path(args.out)
     args.workers = args.workers or 1
     sel_path = out / "sft_selected.json.gz"
-    gen = WyckoffTransformerGenerator.load(args.checkpoint, map_location=args.device)
+    gen = _load_generator(args.checkpoint, args)
     protocol = {"samples": args.n_samples, "seed": args.eval_seed, "mlip": args.mlip,
                 "mode": "relaxed" if args.relax else "single point",
                 "threshold_ev_per_atom": args.threshold, "epochs": args.epochs,
@@ -425,7 +430,6 @@ def cmd_compare(args) -> None:
 
     from generator_scaling import Screener
 
-    from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
 
     out = Path(args.out)
     args.workers = args.workers or 1
@@ -442,7 +446,7 @@ def cmd_compare(args) -> None:
     for lab, path in models.items():
         if not any(lb == lab for lb, _ in todo):
             continue
-        gen = WyckoffTransformerGenerator.load(path, map_location=args.device)
+        gen = _load_generator(path, args)
         for g in groups:
             if (lab, g) in done:
                 continue
@@ -590,6 +594,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--mlip", default="chgnet")
         p.add_argument("--n-jobs", type=int, default=4)
         p.add_argument("--eval-seed", type=int, default=12345)
+        p.add_argument("--decode-workers", type=int, default=0,
+                       help="processes assembling sampled sequences into structures")
 
     p = sub.add_parser("train")
     common(p)

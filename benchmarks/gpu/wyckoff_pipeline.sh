@@ -38,7 +38,8 @@
 # pandas, scipy and spglib are imported, which the project's environment has), MODEL,
 # STEPS, BATCH, LR, TRAINM, SNAP, LIMIT (first N training crystals, for smoke runs), NSAMPLES,
 # PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch), KL (tau), REWARD, PPOEVAL (PPO eval samples), SFTN,
-# SFTEPOCHS, SFTRELAX (1/0), NSG, SPACEGROUPS (space-separated numbers), NJOBS, DEVICE.
+# SFTEPOCHS, SFTRELAX (1/0), NSG, SPACEGROUPS (space-separated numbers), NJOBS, DECODEW
+# (processes assembling sampled sequences into structures, default NJOBS), DEVICE.
 set -o pipefail
 PIPELINE=wyckoff_pipeline
 source benchmarks/gpu/lib.sh
@@ -62,6 +63,7 @@ SFTRELAX=${SFTRELAX:-1}
 NSG=${NSG:-1000}
 SPACEGROUPS=${SPACEGROUPS:-1 2 12 14 62 63 123 139 164 166 191 194 221 225}
 NJOBS=${NJOBS:-8}
+DECODEW=${DECODEW:-$NJOBS}
 LIMIT=${LIMIT:-}
 DEVICE=${DEVICE:-cuda}
 stage install
@@ -81,24 +83,24 @@ export_ckpt $D/wyckoff.pt
 
 stage eval-base
 grep -q '"label": "base"' $D/eval.jsonl 2>/dev/null || \
-  $TW eval $COMMON --checkpoint $D/wyckoff.pt --n-samples $NSAMPLES --n-jobs $NJOBS --label base \
+  $TW eval $COMMON --checkpoint $D/wyckoff.pt --n-samples $NSAMPLES --n-jobs $NJOBS --decode-workers $DECODEW --label base \
   || { stage failed-eval; exit 14; }
 
 stage ppo
 [ -f $D/ppo.pt ] || $TW ppo $COMMON --checkpoint $D/wyckoff.pt --steps $PPOSTEPS \
-  --batch-size $PPOBATCH --minibatch-size $PPOMB --kl-coef $KL --n-jobs $NJOBS --eval-every 10 \
+  --batch-size $PPOBATCH --minibatch-size $PPOMB --kl-coef $KL --n-jobs $NJOBS --decode-workers $DECODEW --eval-every 10 \
   --eval-samples $PPOEVAL --reward "$REWARD" || { stage failed-ppo; exit 15; }
 export_ckpt $D/ppo.pt
 
 stage eval-ppo
 grep -q '"label": "ppo"' $D/eval.jsonl 2>/dev/null || \
-  $TW eval $COMMON --checkpoint $D/ppo.pt --n-samples $NSAMPLES --n-jobs $NJOBS --label ppo \
+  $TW eval $COMMON --checkpoint $D/ppo.pt --n-samples $NSAMPLES --n-jobs $NJOBS --decode-workers $DECODEW --label ppo \
   || { stage failed-eval-ppo; exit 16; }
 
 stage sft
 # an SFT that cannot run (no sample below the threshold) is recorded and the comparison goes on
 [ -f $D/sft.pt ] || $TW sft $COMMON --checkpoint $D/wyckoff.pt --n-samples $SFTN \
-  --epochs $SFTEPOCHS --batch-size 100 --lr 1e-5 --n-jobs $NJOBS \
+  --epochs $SFTEPOCHS --batch-size 100 --lr 1e-5 --n-jobs $NJOBS --decode-workers $DECODEW \
   $([ "$SFTRELAX" = 0 ] && echo --no-relax) || echo "== sft gave no model (see the log above)"
 MODELS="base=$D/wyckoff.pt ppo=$D/ppo.pt"
 if [ -f $D/sft.pt ]; then
@@ -106,12 +108,12 @@ if [ -f $D/sft.pt ]; then
   MODELS="$MODELS sft=$D/sft.pt"
   stage eval-sft
   grep -q '"label": "sft"' $D/eval.jsonl 2>/dev/null || \
-    $TW eval $COMMON --checkpoint $D/sft.pt --n-samples $NSAMPLES --n-jobs $NJOBS --label sft \
+    $TW eval $COMMON --checkpoint $D/sft.pt --n-samples $NSAMPLES --n-jobs $NJOBS --decode-workers $DECODEW --label sft \
     || { stage failed-eval-sft; exit 18; }
 fi
 
 stage compare
 [ -f $D/compare.json ] || $TW compare $COMMON --models $MODELS --n-per-group $NSG \
-  --space-groups $SPACEGROUPS --n-jobs $NJOBS || { stage failed-compare; exit 19; }
+  --space-groups $SPACEGROUPS --n-jobs $NJOBS --decode-workers $DECODEW || { stage failed-compare; exit 19; }
 stage done
 echo "== total $(( $(date +%s) - T0 ))s"
