@@ -17,6 +17,10 @@
 #                 CHGNet graphs are rebuilt at every step, in GRAPH_WORKERS processes (serial
 #                 graph building, about 5 ms a cell, is what bounds a batched relaxation on a
 #                 GPU); the log shows progress and the graph / model time split every minute
+# 4. mace         MACE (MACE-MP-0 medium size) single points batched over torch_geometric
+#                 batches, graphs built in-process and in GRAPH_WORKERS processes, against
+#                 mace-torch's ASE calculator one structure at a time (benchmarks/screening.py),
+#                 with the graph-building time per structure
 # Each stage writes D/<stage>.json and is skipped when that file exists.
 #
 # Environment: CKPT (required), STRUCTURES, DATA_DIR (MP-20 CSVs, default ../shared/data/mp20), WHEELS,
@@ -51,5 +55,10 @@ stage round_relax
 [ -f "$D/round_relax.json" ] || $CT --n "$NRELAX" --relax --fmax 0.05 --steps 300 \
     --graph-workers "$GRAPH_WORKERS" --n-jobs "$N_JOBS" --baseline-n "$RELAX_BASELINE_N" --out "$D/round_relax.json" \
     > "$D/round_relax.log" 2>&1 || { stage failed-round_relax; exit 14; }
+
+stage mace
+[ -f "$D/mace.json" ] || python3 "$D/code/benchmarks/screening.py" --device cuda --n 2048 \
+    --n-ase 200 --batch-sizes 64 256 --graph-workers "$GRAPH_WORKERS" --out "$D/mace.json" \
+    > "$D/mace.log" 2>&1 || stage failed-mace
 stage done
 echo "== total $(( $(date +%s) - T0 ))s"
