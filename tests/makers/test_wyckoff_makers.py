@@ -26,10 +26,12 @@ def campaign(tmp_path_factory):
         ing = IngestDatasetMaker(source="demo", limit=40).make()
         pre = WyckoffPretrainMaker(train=TrainConfig(steps=15, batch_size=16), device="cpu"
                                    ).make(ing.output)
+        # decode_workers: structures assembled in worker processes, as on a GPU node
         ppo = PPOFineTuneMaker(reward=REWARD, ppo=PPOConfig(batch_size=8, max_steps=3),
-                               checkpoint_every=2, device="cpu").make(pre.output["checkpoint"])
-        smp = SampleMaker(n=6, batch_size=6, chunk_size=6, device="cpu", label="ppo").make(
-            ppo.output["checkpoint"])
+                               checkpoint_every=2, device="cpu", decode_workers=2
+                               ).make(pre.output["checkpoint"])
+        smp = SampleMaker(n=6, batch_size=6, chunk_size=6, device="cpu", label="ppo",
+                          decode_workers=2).make(ppo.output["checkpoint"])
         return Flow([ing, pre, ppo, smp])
 
     out = run_campaign(flow, "wy", store, root_dir=root / "runs")

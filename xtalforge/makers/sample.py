@@ -31,6 +31,16 @@ from xtalforge.stores.schemas import SampleOutput
 logger = logging.getLogger(__name__)
 
 
+def set_decode_workers(generator: Any, workers: int) -> None:
+    """Let a generator that decodes on the CPU do it in ``workers`` processes.
+
+    Generators without a CPU decoding step (the latent diffusion model decodes on the device)
+    have no ``decode_workers`` attribute and are left as they are.
+    """
+    if workers and hasattr(generator, "decode_workers"):
+        generator.decode_workers = int(workers)
+
+
 def load_generator(
     checkpoint: str | dict[str, Any], ctx: JobContext | None = None, device: str = "cpu"
 ):
@@ -77,6 +87,9 @@ class SampleMaker(Maker):
         Base seed (chunk ``c`` uses ``seed * 1_000_003 + c``).
     label
         Free label stored in the lineage (e.g. ``base`` / ``rl``) to compare models in tables.
+    decode_workers
+        Processes that assemble sampled sequences into structures, for generators that decode
+        on the CPU (the Wyckoff transformer); ``0``: in the job's process.
     """
 
     name: str = "sample"
@@ -90,6 +103,7 @@ class SampleMaker(Maker):
     device: str = "auto"
     seed: int = 0
     label: str | None = None
+    decode_workers: int = 0
 
     @stage_job(resource="gpu", output_schema=SampleOutput)
     def make(self, checkpoint: str | dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +113,7 @@ class SampleMaker(Maker):
         ctx = job_context()
         device = resolve_device(self.device)
         gen, ref = load_generator(checkpoint, ctx, device)
+        set_decode_workers(gen, self.decode_workers)
         origin = f"sample:{ctx.job_uuid}"
         done = existing_keys(
             ctx.structures,

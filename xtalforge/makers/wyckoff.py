@@ -42,7 +42,7 @@ from xtalforge.makers.rl import (
     train_with_progress,
     with_hull,
 )
-from xtalforge.makers.sample import load_generator
+from xtalforge.makers.sample import load_generator, set_decode_workers
 from xtalforge.stores.artifacts import put_checkpoint
 from xtalforge.stores.documents import clean_floats
 from xtalforge.stores.schemas import PPOOutput, SFTOutput, WyckoffTrainOutput
@@ -176,6 +176,9 @@ class PPOFineTuneMaker(Maker):
         Intermediate checkpoint period (steps) for resuming.
     n_jobs, device
         Matching workers; device.
+    decode_workers
+        Processes that assemble the sampled sequences into structures (on a GPU host, half of
+        a PPO step of 1,000 samples goes into this step when it runs in the job's process).
     """
 
     name: str = "ppo fine-tune"
@@ -189,6 +192,7 @@ class PPOFineTuneMaker(Maker):
     checkpoint_every: int = 10
     n_jobs: int = 1
     device: str = "auto"
+    decode_workers: int = 0
 
     @stage_job(resource="gpu", data="curves", output_schema=PPOOutput)
     def make(self, checkpoint: str | dict[str, Any], surrogates: dict[str, Any] | None = None,
@@ -238,6 +242,7 @@ def run_ppo_finetune(maker: PPOFineTuneMaker, ctx: JobContext, checkpoint: str |
     device = resolve_device(maker.device)
     base, parent = load_generator(checkpoint, ctx, device)
     base = as_family(base)
+    set_decode_workers(base, maker.decode_workers)
     if not isinstance(base, torch.nn.Module):
         raise TypeError(f"PPO fine-tunes torch-module generators; the {base.family} family is "
                         "reached through an adapter: use RLFineTuneMaker (GRPO) for it")
@@ -249,6 +254,7 @@ def run_ppo_finetune(maker: PPOFineTuneMaker, ctx: JobContext, checkpoint: str |
     if found:
         progress, ppath, state = found
         policy, _ = load_generator(ppath, None, device)
+        set_decode_workers(policy, maker.decode_workers)
         resumed_from = int(progress["step"])
         logger.info("resuming PPO job %s from step %d", ctx.job_uuid, resumed_from)
     res, notes = _ppo_resources(maker, ctx, policy, reward, surrogates or {}, device)
