@@ -4,7 +4,10 @@ Draws ``--n`` sequences with :meth:`WyckoffTransformer.sample` twice from the sa
 ``torch.Generator`` seed, once with the key/value cache (each token is one position through the
 layers) and once recomputing the whole prefix for every token, and prints samples/s of both and
 their ratio, measured in the same run on the same device. It also checks that both draws agree
-(identical tokens, largest log-probability difference).
+(identical tokens, largest log-probability difference). With ``--decode-workers W`` it then
+times the assembly of the sampled sequences into pymatgen structures in this process and in
+``W`` worker processes (the pool started before the timing), and checks that both give the
+same crystals.
 
 Weights are random unless ``--checkpoint`` is given. Random weights are fine for this speed
 ratio only: a random model ends its sequences earlier than a trained one (the mean and largest
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decode-workers", type=int, default=0,
+                    help="also time decoding to structures in this many processes")
     ap.add_argument("--json", default=None, help="append the result row to this JSON-lines file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -115,6 +120,30 @@ def main(argv: list[str] | None = None) -> dict:
                 "max |d log p| %.2e; Wyckoff sites per sample: mean %.2f, max %d",
                 row["speedup_cached_over_uncached"], row["identical_tokens"],
                 row["max_abs_logprob_diff"], row["mean_sites"], row["max_sites"])
+    if args.decode_workers > 0:
+        from xtalforge.models.wyckoff.generator import decode_sequences
+
+        bcpu = bc.to("cpu")
+        decode_sequences(bcpu[: 4 * args.decode_workers], workers=args.decode_workers)  # start
+        t = time.perf_counter()
+        serial = decode_sequences(bcpu, workers=0)
+        t_serial = time.perf_counter() - t
+        t = time.perf_counter()
+        pooled = decode_sequences(bcpu, workers=args.decode_workers)
+        t_pooled = time.perf_counter() - t
+        row.update({
+            "decode_workers": args.decode_workers, "cpu_count": os.cpu_count(),
+            "decode_serial_per_s": args.n / t_serial, "decode_pooled_per_s": args.n / t_pooled,
+            "decode_speedup": t_serial / t_pooled,
+            "decode_identical": serial[1] == pooled[1] and all(
+                (a is None and b is None) or a == b
+                for a, b in zip(serial[0], pooled[0], strict=True)),
+            "decoded_fraction": sum(x is not None for x in serial[0]) / args.n})
+        logger.info("  decoding to structures: %.1f/s in-process, %.1f/s with %d workers "
+                    "(%.2fx, same run; identical: %s; %.0f%% decoded; %d CPUs)",
+                    row["decode_serial_per_s"], row["decode_pooled_per_s"], args.decode_workers,
+                    row["decode_speedup"], row["decode_identical"],
+                    100 * row["decoded_fraction"], os.cpu_count())
     if args.json:
         with open(args.json, "a") as fh:
             fh.write(json.dumps(row) + "\n")
