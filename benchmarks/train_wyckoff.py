@@ -630,8 +630,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init", default=None,
                    help="initial policy (default: the base --checkpoint, the KL reference)")
     p.add_argument("--reward", default="ehull",
-                   help="'ehull' (-E_hull, Cao & Wang 2025), a reward preset (e.g. "
-                        "dng_no_diversity) or a JSON list of reward components, e.g. "
+                   help="'ehull' (-E_hull, Cao & Wang 2025), a reward preset (e.g. msun: "
+                        "-clip(E_hull, 0, 1) + creativity) or a JSON list of reward "
+                        "components, e.g. "
                         '\'[{"name": "stability", "normalize": null}, '
                         '{"name": "creativity", "normalize": null}]\'')
     p = sub.add_parser("sft")

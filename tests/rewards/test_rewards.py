@@ -191,6 +191,20 @@ def test_stability_hand_made_hull(fake_energy, hull):
     assert n_failed == 4
 
 
+def test_msun_preset_adds_raw_stability_and_creativity(fake_energy, hull):
+    reference = ReferenceSet([rocksalt(), diamond()])
+    squeezed = rocksalt(lat=5.2)  # known prototype, above the hull
+    structs = [rocksalt(), squeezed, cscl(), None]  # cscl: NaCl in a new structure
+    res = RewardResources(energy_model=fake_energy, hull=hull, reference=reference, amd_k=50)
+    out = build_reward("msun")(RewardContext(structs, res))
+    np.testing.assert_allclose(out.total, out.raw["stability"] + out.raw["creativity"])
+    np.testing.assert_allclose(out.raw_total, out.total)  # nothing normalised
+    assert out.raw["stability"][0] == 0.0 and out.raw["creativity"][1] < 1.0
+    assert out.raw["creativity"][2] == 1.0  # unique and novel
+    assert out.raw["stability"][3] == -1.0 and out.raw["creativity"][3] == 0.0  # failure values
+    assert -1.0 < out.raw["stability"][1] < 0.0  # above the hull, below the clip
+
+
 def test_diversity_rewards_redundancy_and_coverage():
     ref = np.concatenate([np.tile([1.0, 0.0], (20, 1)), np.tile([-1.0, 0.0], (20, 1))])
     ref += np.random.default_rng(0).normal(scale=0.05, size=ref.shape)

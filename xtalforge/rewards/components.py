@@ -21,11 +21,14 @@ Components (raw value; failure value, documented):
 
 Presets (:data:`REWARD_PRESETS`): ``"dng"`` (Park & Walsh 2025 de novo weights: creativity 1,
 stability 1, compositional diversity 1, structural diversity 0.1), ``"dng_no_diversity"`` (the
-Fig. 2c ablation: creativity 1, stability 1), ``"bandgap"`` (Note S1: band gap target 3 eV weight 1,
-compositional diversity 0.5) and ``"dielectric"`` (Cao & Wang 2025: ``eps_elec * E_g``). In the de
-novo presets creativity is left un-normalised, as in Chemeleon2's released ``rl_dng`` config:
-it already lies in [0, 1], and min-max scaling would stretch a batch whose creativities are 1
-and 0.97 (one near-duplicate by AMD) into 1 and 0, a full-range signal from a tiny difference.
+Fig. 2c ablation: creativity 1, stability 1), ``"msun"`` (``-clip(E_hull, 0, 1) + creativity``,
+both un-normalised: it pays for metastable and for unique novel crystals; with it PPO raised the
+Wyckoff transformer's mSUN from 14% to 18%, ``benchmarks/RESULTS.md``), ``"bandgap"`` (Note
+S1: band gap target 3 eV weight 1, compositional diversity 0.5) and ``"dielectric"`` (Cao & Wang
+2025: ``eps_elec * E_g``). In the de novo presets creativity is left un-normalised, as in
+Chemeleon2's released ``rl_dng`` config: it already lies in [0, 1], and min-max scaling would
+stretch a batch whose creativities are 1 and 0.97 (one near-duplicate by AMD) into 1 and 0, a
+full-range signal from a tiny difference.
 """
 
 from __future__ import annotations
@@ -278,6 +281,10 @@ REWARD_PRESETS: dict[str, list[dict[str, Any]]] = {
     "dng_no_diversity": [
         {"name": "creativity", "weight": 1.0, "normalize": None},
         {"name": "stability", "weight": 1.0},
+    ],
+    "msun": [
+        {"name": "stability", "weight": 1.0, "normalize": None, "clip": 1.0},
+        {"name": "creativity", "weight": 1.0, "normalize": None},
     ],
     "bandgap": [
         {"name": "property_target", "property": "band_gap", "target": 3.0, "weight": 1.0},
