@@ -15,7 +15,8 @@
 #            val + test) plus the space-group distribution and samples/s.
 # 3. ppo     PPO with r = -E_hull (REWARD=ehull; or a preset / JSON list of the reward registry,
 #            see `train_wyckoff.py ppo --help`) (tau KL, 3 updates per batch, eps 0.2, EMA baseline 0.95),
-#            PPOSTEPS steps of PPOBATCH samples, resumable ($D/ppo_state.pt), then eval of the
+#            PPOSTEPS steps of PPOBATCH samples from the base (or from the policy INIT),
+#            resumable ($D/ppo_state.pt), then eval of the
 #            fine-tuned policy with the same protocol (label ppo).
 # 4. sft     the supervised fine-tuning baseline of Cao & Wang 2025 Fig. 5: SFTN samples of the
 #            base model relaxed with CHGNet (SFTRELAX=0: single points), keep E_hull < 0.1
@@ -37,7 +38,8 @@
 # `pip download pyxtal==1.1.5 --no-deps -d $WHEELS`; of its dependencies only ase, networkx,
 # pandas, scipy and spglib are imported, which the project's environment has), MODEL,
 # STEPS, BATCH, LR, TRAINM, SNAP, LIMIT (first N training crystals, for smoke runs), NSAMPLES,
-# PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch), KL (tau), REWARD, PPOEVAL (PPO eval samples), SFTN,
+# PPOSTEPS, PPOBATCH, PPOMB (PPO minibatch), KL (tau), PPOLR, REWARD, INIT (a fine-tuned policy
+# to start PPO from; the KL still measures the distance to the base), PPOEVAL (PPO eval samples), SFTN,
 # SFTEPOCHS, SFTRELAX (1/0), NSG, SPACEGROUPS (space-separated numbers), NJOBS, DECODEW
 # (processes assembling sampled sequences into structures, default NJOBS), DEVICE.
 set -o pipefail
@@ -56,6 +58,8 @@ PPOBATCH=${PPOBATCH:-1000}
 PPOMB=${PPOMB:-250}
 KL=${KL:-0.1}
 REWARD=${REWARD:-ehull}
+PPOLR=${PPOLR:-1e-4}
+INIT=${INIT:-}
 PPOEVAL=${PPOEVAL:-500}
 SFTN=${SFTN:-10000}
 SFTEPOCHS=${SFTEPOCHS:-55}
@@ -89,7 +93,8 @@ grep -q '"label": "base"' $D/eval.jsonl 2>/dev/null || \
 stage ppo
 [ -f $D/ppo.pt ] || $TW ppo $COMMON --checkpoint $D/wyckoff.pt --steps $PPOSTEPS \
   --batch-size $PPOBATCH --minibatch-size $PPOMB --kl-coef $KL --n-jobs $NJOBS --decode-workers $DECODEW --eval-every 10 \
-  --eval-samples $PPOEVAL --reward "$REWARD" || { stage failed-ppo; exit 15; }
+  --eval-samples $PPOEVAL --reward "$REWARD" --lr $PPOLR ${INIT:+--init $INIT} \
+  || { stage failed-ppo; exit 15; }
 export_ckpt $D/ppo.pt
 
 stage eval-ppo

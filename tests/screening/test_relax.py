@@ -133,3 +133,60 @@ def test_fitting_atoms_search_stops_at_the_input_size(monkeypatch):
     # memory for one copy of the largest system only
     fit["copies"] = 1
     assert relax._fitting_atoms(None, structures, "cuda", None) == 8
+
+
+def test_batched_expm_frechet_matches_torch_sim():
+    """The batched Frechet derivatives equal torch-sim's, call by call, in its loop pattern."""
+    import torch
+    import torch_sim.math as tsm
+
+    from xtalforge.screening.relax import batched_expm_frechet
+
+    torch.manual_seed(0)
+    logm = torch.randn(7, 3, 3, dtype=torch.float64) * 0.1
+    directions = torch.zeros(9, 3, 3, dtype=torch.float64)
+    for k in range(9):
+        directions[k, k // 3, k % 3] = 1.0
+    want = [[tsm.expm_frechet(logm[b], d, compute_expm=False) for d in directions]
+            for b in range(7)]
+    with batched_expm_frechet() as patched:
+        got = [[tsm.expm_frechet(logm[b], d, compute_expm=False) for d in directions]
+               for b in range(7)]
+        # a call that is not a row view of a batch goes to torch-sim's own function
+        lone = tsm.expm_frechet(logm[2].clone(), directions[4].clone(), compute_expm=False)
+        # a modified batch is recomputed, not answered from the cache
+        logm[3] += 0.05
+        again = tsm.expm_frechet(logm[3], directions[1], compute_expm=False)
+        # a batch with a non-finite system goes to torch-sim's function call by call: the
+        # finite systems get their derivative, the bad one torch-sim's error
+        bad = logm.clone()
+        bad[5, 0, 0] = float("nan")
+        finite_row = tsm.expm_frechet(bad[0], directions[0], compute_expm=False)
+        with pytest.raises(ValueError, match="non-finite"):
+            tsm.expm_frechet(bad[5], directions[0], compute_expm=False)
+    assert tsm.expm_frechet is not patched  # restored
+    assert patched.n_batched == 2 and patched.n_calls_served == 64
+    for b in range(7):
+        for k in range(9):
+            assert torch.allclose(got[b][k], want[b][k], atol=1e-12)
+    assert torch.allclose(lone, want[2][4], atol=1e-12)
+    assert torch.allclose(finite_row, want[0][0], atol=1e-12)
+    ref = tsm.expm_frechet(logm[3].clone(), directions[1].clone(), compute_expm=False)
+    assert torch.allclose(again, ref, atol=1e-12)
+    assert not torch.allclose(again, want[3][1], atol=1e-6)
+
+
+def test_batched_frechet_gives_the_same_relaxation(chgnet, monkeypatch):
+    """relax_batched with torch-sim's per-system Frechet loop untouched gives the same result."""
+    import contextlib
+
+    from xtalforge.screening import relax as relax_module
+
+    structs = _crystals()
+    fast = chgnet.relax_batched(structs, fmax=0.05, steps=60)
+    monkeypatch.setattr(relax_module, "batched_expm_frechet", contextlib.nullcontext)
+    slow = chgnet.relax_batched(structs, fmax=0.05, steps=60)
+    for a, b in zip(fast, slow, strict=True):
+        assert a.n_steps == b.n_steps and a.converged == b.converged
+        assert abs(a.energy_per_atom - b.energy_per_atom) < 1e-4
+        assert np.allclose(a.structure.lattice.matrix, b.structure.lattice.matrix, atol=1e-3)
