@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -147,7 +148,7 @@ def _assert_batched_equals_ase(model, structures, atol_e, atol_f):
     return batched
 
 
-def test_mace_tiny_model_roundtrip(tmp_path):
+def test_mace_tiny_model_roundtrip(tmp_path, caplog):
     import torch
 
     before = torch.get_default_dtype()
@@ -183,10 +184,19 @@ def test_mace_tiny_model_roundtrip(tmp_path):
     bad = m64.predict([None, diamond("Ge", 5.66), diamond()])
     assert bad[0].error and "Ge" in bad[1].error and bad[2].ok
     # graphs built in a worker process give the same numbers and the same failure records
+    # (built there, not by the in-process fallback, and handed back as plain pickled bytes,
+    # not through torch's shared-memory tensor transfer)
     pooled = get_energy_model(f"mace:{path}", dtype="float64", graph_workers=1)
     try:
-        got = pooled.predict([None, *structs, diamond("Ge", 5.66)], batch_size=2)
+        with caplog.at_level(logging.WARNING, logger="xtalforge.screening.mlip"):
+            got = pooled.predict([None, *structs, diamond("Ge", 5.66)], batch_size=2)
         assert pooled._pool is not None
+        assert "graph workers failed" not in caplog.text
+        from xtalforge.screening.mlip import _mace_graphs, _raw, _to_atoms, _unpack_graphs
+
+        packed = _mace_graphs([_raw(_to_atoms(structs[0]))], pooled._graph_spec(), packed=True)
+        assert isinstance(packed, bytes)
+        assert type(_unpack_graphs(packed)[0]).__name__ == "AtomicData"
     finally:
         pooled.close()
     assert got[0].error and "Ge" in got[-1].error

@@ -190,3 +190,29 @@ def test_batched_frechet_gives_the_same_relaxation(chgnet, monkeypatch):
         assert a.n_steps == b.n_steps and a.converged == b.converged
         assert abs(a.energy_per_atom - b.energy_per_atom) < 1e-4
         assert np.allclose(a.structure.lattice.matrix, b.structure.lattice.matrix, atol=1e-3)
+
+
+def test_batched_expm_frechet_is_as_accurate_as_torch_sims_in_float32():
+    """Against a float64 reference, the batched float32 derivatives are no worse than
+    torch-sim's own float32 ones (the relaxation runs in float32)."""
+    import torch
+    import torch_sim.math as tsm
+
+    from xtalforge.screening.relax import BatchedExpmFrechet
+
+    torch.manual_seed(1)
+    a64 = torch.randn(40, 3, 3, dtype=torch.float64) * 0.5
+    d64 = torch.eye(9, dtype=torch.float64).reshape(9, 3, 3)
+    ref = torch.stack([torch.stack([tsm.expm_frechet(a64[b], d, compute_expm=False)
+                                    for d in d64]) for b in range(40)])
+    a, d32 = a64.float(), d64.float()
+    own = torch.stack([torch.stack([tsm.expm_frechet(a[b], d, compute_expm=False)
+                                    for d in d32]) for b in range(40)])
+    batched = BatchedExpmFrechet(tsm.expm_frechet)
+    got = torch.stack([torch.stack([batched(a[b], d, compute_expm=False) for d in d32])
+                       for b in range(40)])
+    assert batched.n_batched == 1
+    err_own = (own.double() - ref).abs().max().item()
+    err_got = (got.double() - ref).abs().max().item()
+    assert err_got < 1e-5
+    assert err_got <= 2 * err_own

@@ -54,6 +54,7 @@ import hashlib
 import importlib
 import logging
 import math
+import pickle
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -747,10 +748,10 @@ def _predict_with_graph_workers(
         iterator = tqdm(iterator, total=len(batches), desc=desc, unit="batch")
     for idx, futs in iterator:
         try:
-            graphs = [g for f in futs for g in f.result()]
+            graphs = [g for f in futs for g in _unpack_graphs(f.result())]
         except Exception as exc:  # noqa: BLE001 - broken pool: build graphs here
             logger.warning("graph workers failed (%s); building graphs in-process", exc)
-            graphs = build([raw(structures[i]) for i in idx])
+            graphs = _unpack_graphs(build([raw(structures[i]) for i in idx]))
         ok = [k for k, g in enumerate(graphs) if not isinstance(g, str)]
         for k, g in enumerate(graphs):
             if isinstance(g, str):
@@ -922,7 +923,7 @@ class MACEEnergyModel(_GraphWorkers, EnergyModel):
 
         return _predict_with_graph_workers(
             self, structures, batch_size, compute_forces, compute_stress, progress,
-            build=functools.partial(_mace_graphs, spec=spec),
+            build=functools.partial(_mace_graphs, spec=spec, packed=True),
             raw=lambda s: _raw(_to_atoms(s)),
             # chunks smaller than a batch keep every worker busy on one batch
             chunk=lambda n_valid, bs: max(1, math.ceil(bs / self.graph_workers)),
@@ -970,16 +971,27 @@ def _mace_graph(raw: tuple[Any, ...], spec: tuple[list[int], float, list[str], s
         )
 
 
-def _mace_graphs(raws: list[tuple[Any, ...]], spec: tuple[list[int], float, list[str], str, str]
-                 ) -> list[Any]:
-    """Graphs of many structures; a failing one becomes its error string."""
+def _mace_graphs(raws: list[tuple[Any, ...]], spec: tuple[list[int], float, list[str], str, str],
+                 packed: bool = False) -> list[Any] | bytes:
+    """Graphs of many structures; a failing one becomes its error string.
+
+    With ``packed`` (the worker-pool entry point) the list comes back as ``pickle`` bytes:
+    mace's graphs hold torch tensors, which ``multiprocessing`` would otherwise hand over
+    through torch's shared-memory reductions (``/dev/shm``), where a container's small
+    default (64 MB) kills the workers (:func:`_unpack_graphs` reads them back).
+    """
     out: list[Any] = []
     for raw in raws:
         try:
             out.append(_mace_graph(raw, spec))
         except Exception as exc:  # noqa: BLE001
             out.append(f"graph construction failed: {type(exc).__name__}: {exc}"[:500])
-    return out
+    return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL) if packed else out
+
+
+def _unpack_graphs(result: list[Any] | bytes) -> list[Any]:
+    """Return a graph-building result as a list (see :func:`_mace_graphs`)."""
+    return pickle.loads(result) if isinstance(result, bytes) else result  # noqa: S301 - own workers
 
 
 def _voigt(s: np.ndarray) -> np.ndarray:
