@@ -525,9 +525,14 @@ def cmd_plot(args) -> None:
         ax[3] = ax.get(2)
     if ppo:
         st = [r["step"] for r in ppo]
-        ax[0].plot(st, [r["reward_raw_total"] for r in ppo], "o-", label="mean reward -E_hull")
+        comps = [c["name"] for c in ((ppo[0].get("protocol") or {}).get("reward") or {}).get(
+            "components", [])]
+        is_ehull = comps in ([], ["stability"]) and "reward/creativity" not in ppo[0]
+        ax[0].plot(st, [r["reward_raw_total"] for r in ppo], "o-",
+                   label="mean reward " + ("-E_hull" if is_ehull else " + ".join(comps)))
         ax[0].set_xlabel("PPO step")
-        ax[0].set_ylabel("reward (eV/atom)")
+        ax[0].set_ylabel("reward (eV/atom)" if is_ehull else
+                         "mean reward (" + " + ".join(comps) + ")")
         tw = ax[0].twinx()
         tw.plot(st, [r["kl"] for r in ppo], "s--", color="C3", label="KL to the base")
         tw.set_ylabel("KL(p_theta || p_base) per crystal (nats)", color="C3")
