@@ -25,6 +25,13 @@ def test_campaign_yaml_builds(path):
     if path.name == "mp20_gpu.yaml":
         assert maker.pretrain.ldm_maker.train.max_minutes == 230
         assert maker.rl.grpo.select_by == "eval/frac_msun" and maker.rl.grpo.eval_every == 10
+    if path.name == "mp20_wyckoff_gpu.yaml":
+        from xtalforge.rewards import build_reward
+
+        # the reward that reached 4.25x mSUN (RESULTS), and it resolves in the registry
+        assert maker.rl.reward == "msun" and maker.rl.ppo.kl_coef == 0.05
+        names = [c["name"] for c in build_reward(maker.rl.reward).config()["components"]]
+        assert names == ["stability", "creativity"]
 
 
 def test_demo_yaml_is_the_demo_configuration():
