@@ -124,11 +124,20 @@ def test_resume_refuses_other_settings_and_foreign_files(tmp_path):
 
 
 def test_train_config_feeds_the_loop():
-    cfg = TrainConfig(steps=40, batch_size=5, lr=2e-3, max_minutes=3.0, log_every=None)
-    kw = cfg.loop_kwargs()
-    assert kw["steps"] == 40 and kw["batch_size"] == 5 and kw["max_minutes"] == 3.0
-    assert kw["log_every"] == 2  # about 20 history entries
-    import inspect
+    """One TrainConfig drives the loop; keywords override it; a mistyped key is named."""
+    from xtalforge.models.training import LDM_FAMILY_DEFAULTS, resolve_config
 
-    accepted = set(inspect.signature(train_vae).parameters)
-    assert set(kw) <= accepted and set(kw) <= set(inspect.signature(train_ldm).parameters)
+    cfg = TrainConfig(steps=40, batch_size=5, lr=2e-3, max_minutes=3.0, log_every=None)
+    got = resolve_config(cfg, LDM_FAMILY_DEFAULTS, {"lr": 1e-3})
+    assert (got.steps, got.batch_size, got.lr, got.max_minutes) == (40, 5, 1e-3, 3.0)
+    assert cfg.lr == 2e-3  # the caller's config is not changed
+    plain = resolve_config(None, LDM_FAMILY_DEFAULTS, {"steps": 7})
+    assert (plain.steps, plain.batch_size, plain.lr, plain.log_every) == (7, 256, 1e-4, 100)
+    with pytest.raises(TypeError, match="'learning_rate'"):
+        train_vae(_fresh(), _data(), steps=2, learning_rate=1e-3)
+    # log_every None: about 20 history entries; the config and keywords give the same run
+    h_cfg = train_vae(_fresh(), _data(), TrainConfig(steps=40, batch_size=4, lr=2e-3,
+                                                     log_every=None))
+    h_kw = train_vae(_fresh(), _data(), steps=40, batch_size=4, lr=2e-3, log_every=2)
+    assert h_cfg["step"] == list(range(2, 41, 2)) == h_kw["step"]
+    assert h_cfg["loss"] == pytest.approx(h_kw["loss"])

@@ -150,7 +150,7 @@ def train_stage(
                 device=device,
                 state_path=state.path,
                 on_save=state.upload,
-                **cfg.loop_kwargs(),
+                config=cfg,
             )
         except TrainStateError as exc:
             if state.found is None:

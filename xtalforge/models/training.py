@@ -2,23 +2,24 @@
 
 Public API
 ----------
-``train_vae(generator, structures, steps=None, epochs=None, batch_size=256, lr=1e-4,
-device="cpu", seed=0, log_every=100, callback=None, ...) -> history``
+``train_vae(generator, structures, config=None, *, epochs=None, device="cpu", callback=None,
+..., **settings) -> history``
     Trains ``generator.vae`` on the weighted negative ELBO with random translation / rotation
     augmentation (AdamW, the paper's optimiser).
-``train_ldm(generator, structures, steps=None, epochs=None, batch_size=256, lr=1e-4,
-device="cpu", seed=0, log_every=100, callback=None, ...) -> history``
+``train_ldm(generator, structures, config=None, *, ...) -> history``
     Freezes the VAE, fits the atom-count histogram and the latent normalisation, encodes
     (augmented) crystals on the fly to per-atom latents (posterior mean by default) and trains
     the DiT denoiser with the DDPM loss, updating the EMA weights after every step.
 
-``finetune_decoder(generator, structures, noise_max=0.3, steps=None, epochs=None, ...)``
+``finetune_decoder(generator, structures, noise_max=0.3, config=None, *, ...)``
     Keeps the encoder (hence every latent, and a diffusion model trained on them) fixed and
     trains only the decoder to return each clean crystal from its posterior mean plus Gaussian
     noise of a random level in ``[0, noise_max]`` latent standard deviations, so that latents
     near the data manifold (a diffusion model's imprecise samples) decode to plausible crystals.
 
-``structures`` may be a sequence of pymatgen structures or a prebuilt
+The optimisation settings are one :class:`TrainConfig` (``config``), or its fields as keyword
+arguments (``steps=100, lr=3e-4``), or both (the keywords override). ``structures`` may be a
+sequence of pymatgen structures or a prebuilt
 :class:`~xtalforge.models.crystal.CrystalBatch`. ``history`` is a dict of lists (``step``,
 ``loss`` and the components, averaged over each logging window) plus ``wall_time_s``,
 ``steps`` and ``epochs``. ``callback(step, metrics)`` is called at every logging point; if it
@@ -33,8 +34,9 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,7 +44,8 @@ from xtalforge.models.crystal import CrystalBatch, augment, structures_to_batch
 from xtalforge.models.diffusion import autocast, resolve_autocast_dtype
 from xtalforge.models.generator import LatentDiffusionGenerator
 
-__all__ = ["TrainConfig", "as_batch", "finetune_decoder", "train_ldm", "train_vae"]
+__all__ = ["TrainConfig", "as_batch", "finetune_decoder", "resolve_config", "train_ldm",
+           "train_vae"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +56,15 @@ Callback = Callable[[int, dict[str, float]], "bool | None"]
 class TrainConfig:
     """Optimisation settings of one training stage (VAE, LDM or decoder fine-tuning).
 
+    The training functions (:func:`train_vae`, :func:`train_ldm`, :func:`finetune_decoder`,
+    :func:`xtalforge.models.wyckoff.training.train_wyckoff`) take one as ``config`` and any of
+    its fields as keyword overrides (:func:`resolve_config`).
+
     Parameters
     ----------
     steps
-        Optimiser steps of the whole stage (summed over resumed runs).
+        Optimiser steps of the whole stage (summed over resumed runs); ``None`` when the
+        training function is given ``epochs`` instead.
     batch_size, lr, weight_decay, grad_clip
         AdamW settings (Park & Walsh 2025 use batch 256, lr 1e-4, no weight decay).
     warmup_steps, schedule
@@ -78,7 +86,7 @@ class TrainConfig:
         Like ``max_minutes``, in optimiser steps of one run (``None``: no budget).
     """
 
-    steps: int = 300
+    steps: int | None = 300
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -93,24 +101,40 @@ class TrainConfig:
     save_every_minutes: float = 5.0
     max_run_steps: int | None = None
 
-    def loop_kwargs(self) -> dict:
-        """Keyword arguments of :func:`train_vae` / :func:`train_ldm` for these settings."""
-        return {
-            "steps": self.steps,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "grad_clip": self.grad_clip,
-            "warmup_steps": self.warmup_steps,
-            "schedule": self.schedule,
-            "dtype": self.dtype,
-            "seed": self.seed,
-            "augment_data": self.augment_data,
-            "log_every": self.log_every or max(1, self.steps // 20),
-            "max_minutes": self.max_minutes,
-            "save_every_minutes": self.save_every_minutes,
-            "max_run_steps": self.max_run_steps,
-        }
+
+
+#: Defaults of the latent-diffusion training functions when no ``config`` is given (the
+#: Park & Walsh 2025 optimiser: batch 256, lr 1e-4; give ``steps`` or ``epochs``).
+LDM_FAMILY_DEFAULTS: dict[str, Any] = {"steps": None, "batch_size": 256, "lr": 1e-4,
+                                       "log_every": 100}
+
+_TRAIN_FIELDS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def resolve_config(config: TrainConfig | None, defaults: dict[str, Any],
+                   overrides: dict[str, Any]) -> TrainConfig:
+    """Return the settings of one training call.
+
+    Parameters
+    ----------
+    config
+        Settings given by the caller (``None``: ``TrainConfig(**defaults)``).
+    defaults
+        The training function's defaults, used only without ``config``.
+    overrides
+        Keyword arguments of the call, each a :class:`TrainConfig` field.
+
+    Raises
+    ------
+    TypeError
+        For a keyword that is not a :class:`TrainConfig` field, naming it.
+    """
+    unknown = sorted(set(overrides) - _TRAIN_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown training setting(s) {', '.join(map(repr, unknown))}; "
+                        f"TrainConfig fields: {', '.join(sorted(_TRAIN_FIELDS))}")
+    base = config if config is not None else TrainConfig(**defaults)
+    return replace(base, **overrides)
 
 
 def as_batch(structures: Sequence | CrystalBatch, max_atoms: int) -> CrystalBatch:
@@ -272,32 +296,30 @@ def run_loop(
     step_fn: Callable[[torch.Tensor], dict[str, torch.Tensor]],
     n: int,
     total_steps: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    grad_clip: float | None,
-    warmup_steps: int,
-    schedule: str,
-    seed: int,
-    log_every: int,
+    cfg: TrainConfig,
     callback: Callback | None,
     progress: bool | None,
     after_step: Callable[[], None] | None = None,
     max_time_s: float | None = None,
-    max_minutes: float | None = None,
-    max_run_steps: int | None = None,
     checkpointing: _Checkpointing | None = None,
     resume: dict | None = None,
 ) -> dict:
     """Optimise ``params`` on minibatch losses from ``step_fn(indices)``; return the history.
 
-    ``max_time_s`` is the budget of the whole stage (the cosine schedule follows it);
-    ``max_minutes`` (and ``max_run_steps``) is the budget of this run only: the state is saved
-    and the loop returns with ``completed=False``, and a run given that state as ``resume``
-    continues exactly where this one stopped (parameters, EMA, optimiser moments, step,
-    minibatch order, RNG).
+    ``cfg`` gives the optimiser, schedule, seed and budgets (``log_every`` None: about 20
+    history entries). ``max_time_s`` is the budget of the whole stage (the cosine schedule
+    follows it); ``cfg.max_minutes`` (and ``cfg.max_run_steps``) is the budget of this run only:
+    the state is saved and the loop returns with ``completed=False``, and a run given that state
+    as ``resume`` continues exactly where this one stopped (parameters, EMA, optimiser moments,
+    step, minibatch order, RNG).
     """
     from tqdm.auto import tqdm
+
+    batch_size, lr = cfg.batch_size, cfg.lr
+    weight_decay, grad_clip = cfg.weight_decay, cfg.grad_clip
+    warmup_steps, schedule, seed = cfg.warmup_steps, cfg.schedule, cfg.seed
+    log_every = cfg.log_every or max(1, total_steps // 20)
+    max_minutes, max_run_steps = cfg.max_minutes, cfg.max_run_steps
 
     _lr_factor(0, 0.0, warmup_steps, schedule)  # validate the schedule name early
     fused = all(p.is_cuda for p in params)
@@ -431,27 +453,16 @@ def run_loop(
 def train_vae(
     generator: LatentDiffusionGenerator,
     structures: Sequence | CrystalBatch,
-    steps: int | None = None,
+    config: TrainConfig | None = None,
+    *,
     epochs: float | None = None,
-    batch_size: int = 256,
-    lr: float = 1e-4,
     device: str | torch.device = "cpu",
-    seed: int = 0,
-    log_every: int = 100,
     callback: Callback | None = None,
-    augment_data: bool = True,
-    weight_decay: float = 0.0,
-    grad_clip: float | None = 1.0,
-    dtype: str = "fp32",
-    warmup_steps: int = 0,
-    schedule: str = "constant",
     progress: bool | None = None,
     max_time_s: float | None = None,
-    max_minutes: float | None = None,
     state_path: str | Path | None = None,
-    save_every_minutes: float = 5.0,
     on_save: Callable[[Path], None] | None = None,
-    max_run_steps: int | None = None,
+    **settings: Any,
 ) -> dict:
     """Train the generator's VAE.
 
@@ -461,69 +472,60 @@ def train_vae(
         Model whose ``vae`` is trained (moved to ``device``).
     structures
         Training crystals (structures or a :class:`CrystalBatch`).
-    steps, epochs
-        Training length (exactly one).
-    batch_size, lr, weight_decay, grad_clip
-        AdamW settings (paper: batch 256, lr 1e-4, no weight decay).
+    config
+        Optimisation settings (:class:`TrainConfig`: steps, AdamW, schedule, dtype, seed,
+        augmentation, logging, run budgets). Without it: :data:`LDM_FAMILY_DEFAULTS` (batch
+        256, lr 1e-4, a history entry every 100 steps; give ``steps`` or ``epochs``). The
+        seed also seeds augmentation and posterior sampling; the cosine schedule follows
+        ``max(step / steps, elapsed / max_time_s)``.
+    epochs
+        Training length in epochs, instead of ``steps``.
     device
         Torch device.
-    seed
-        Seeds minibatch order, augmentation and posterior sampling.
-    log_every
-        Steps between history entries / log lines.
     callback
         ``callback(step, metrics) -> stop?``.
-    augment_data
-        Random translation and rotation of every minibatch.
-    dtype
-        ``"fp32"`` or ``"bf16"`` (autocast, CUDA only).
-    warmup_steps, schedule
-        Linear warm-up (steps), then ``"constant"`` or ``"cosine"`` decay; the cosine follows
-        ``max(step / steps, elapsed / max_time_s)``.
     progress
         tqdm bar (None: only on a TTY).
     max_time_s
         Wall-clock budget of the stage: training stops when it is spent (``steps`` is then an
         upper bound) and the cosine schedule follows it.
-    max_minutes
-        Wall-clock budget of this run (e.g. a batch job's wall time): the full training state
-        is saved to ``state_path`` and the function returns with ``history["completed"]``
-        False; calling it again with the same ``state_path`` continues. The schedule follows
-        ``steps`` only, so resumed and uninterrupted runs are identical.
     state_path
         File of the full training state (weights, EMA, optimiser, step, minibatch order, RNG),
-        saved every ``save_every_minutes``, at a budget stop and at the end. When it exists,
-        training resumes from it (a completed state returns at once).
-    save_every_minutes
-        Interval between state saves.
+        saved every ``config.save_every_minutes``, at a budget stop (``config.max_minutes``,
+        e.g. a batch job's wall time, or ``config.max_run_steps``: the function then returns
+        with ``history["completed"]`` False) and at the end. When it exists, training resumes
+        from it (a completed state returns at once); the schedule follows ``steps`` only, so
+        resumed and uninterrupted runs are identical.
     on_save
         Called with ``state_path`` after each save (e.g. to copy the state to a store).
-    max_run_steps
-        Like ``max_minutes``, in optimiser steps of this run.
+    **settings
+        :class:`TrainConfig` fields overriding ``config`` (``steps=``, ``batch_size=``,
+        ``lr=`` ...); any other name is a ``TypeError`` that names it.
 
     Returns
     -------
     dict
         Training history.
     """
+    cfg = resolve_config(config, LDM_FAMILY_DEFAULTS, settings)
     device = torch.device(device)
     data = as_batch(structures, generator.max_atoms).to(device)
     generator.to(device)
     vae = generator.vae.train()
-    total = resolve_steps(len(data), batch_size, steps, epochs)
-    settings = {"n": len(data), "batch_size": batch_size, "seed": seed}
-    resume = resume_state("vae", generator, state_path, settings)
+    total = resolve_steps(len(data), cfg.batch_size, cfg.steps, epochs)
+    state_settings = {"n": len(data), "batch_size": cfg.batch_size, "seed": cfg.seed}
+    resume = resume_state("vae", generator, state_path, state_settings)
     if resume is None and generator.num_atoms_counts[1:].std() == 0:
         generator.fit_num_atoms_distribution(data.num_atoms)  # still uniform: fit it here too
-    dev_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    ac = resolve_autocast_dtype(dtype, device)
+    dev_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    ac = resolve_autocast_dtype(cfg.dtype, device)
     ckpt = make_checkpointing(
-        state_path, generator, {"device": dev_gen}, save_every_minutes, settings, on_save
+        state_path, generator, {"device": dev_gen}, cfg.save_every_minutes, state_settings, on_save
     )
 
     def step_fn(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = data[idx.to(device)]
-        if augment_data:
+        if cfg.augment_data:
             batch = augment(batch, dev_gen)
         with autocast(device, ac):
             return vae.loss(batch, sample_posterior=True, generator=dev_gen)
@@ -532,8 +534,8 @@ def train_vae(
         "train_vae: %d crystals, %d steps, batch %d, lr %g, device %s",
         len(data),
         total,
-        batch_size,
-        lr,
+        cfg.batch_size,
+        cfg.lr,
         device,
     )
     hist = run_loop(
@@ -542,19 +544,10 @@ def train_vae(
         step_fn,
         len(data),
         total,
-        batch_size,
-        lr,
-        weight_decay,
-        grad_clip,
-        warmup_steps,
-        schedule,
-        seed,
-        log_every,
+        cfg,
         callback,
         progress,
         max_time_s=max_time_s,
-        max_minutes=max_minutes,
-        max_run_steps=max_run_steps,
         checkpointing=ckpt,
         resume=resume,
     )
@@ -588,29 +581,18 @@ def _fit_latent_stats(
 def train_ldm(
     generator: LatentDiffusionGenerator,
     structures: Sequence | CrystalBatch,
-    steps: int | None = None,
+    config: TrainConfig | None = None,
+    *,
     epochs: float | None = None,
-    batch_size: int = 256,
-    lr: float = 1e-4,
     device: str | torch.device = "cpu",
-    seed: int = 0,
-    log_every: int = 100,
     callback: Callback | None = None,
-    augment_data: bool = True,
-    use_posterior_mean: bool = True,
-    fit_latent_stats: bool = True,
-    weight_decay: float = 0.0,
-    grad_clip: float | None = 1.0,
-    dtype: str = "fp32",
-    warmup_steps: int = 0,
-    schedule: str = "constant",
     progress: bool | None = None,
     max_time_s: float | None = None,
-    max_minutes: float | None = None,
     state_path: str | Path | None = None,
-    save_every_minutes: float = 5.0,
     on_save: Callable[[Path], None] | None = None,
-    max_run_steps: int | None = None,
+    use_posterior_mean: bool = True,
+    fit_latent_stats: bool = True,
+    **settings: Any,
 ) -> dict:
     """Train the latent diffusion denoiser with the VAE frozen.
 
@@ -621,16 +603,9 @@ def train_ldm(
     structures
         Training crystals (structures or a :class:`CrystalBatch`); their atom counts become
         the generator's atom-count distribution.
-    steps, epochs
-        Training length (exactly one).
-    batch_size, lr, weight_decay, grad_clip, warmup_steps, schedule, dtype, progress, max_time_s
-        As in :func:`train_vae`.
-    max_minutes, state_path, save_every_minutes, on_save, max_run_steps
-        Resumable training, as in :func:`train_vae`.
-    device, seed, log_every, callback
-        As in :func:`train_vae`.
-    augment_data
-        Encode randomly translated / rotated crystals.
+    config, epochs, device, callback, progress, max_time_s, state_path, on_save, **settings
+        As in :func:`train_vae` (``config.augment_data``: encode randomly translated / rotated
+        crystals).
     use_posterior_mean
         Diffuse the posterior means (True) or posterior samples.
     fit_latent_stats
@@ -641,29 +616,30 @@ def train_ldm(
     dict
         Training history.
     """
+    cfg = resolve_config(config, LDM_FAMILY_DEFAULTS, settings)
     device = torch.device(device)
     data = as_batch(structures, generator.max_atoms).to(device)
     generator.to(device)
     vae, ldm = generator.vae, generator.ldm
-    total = resolve_steps(len(data), batch_size, steps, epochs)
-    settings = {"n": len(data), "batch_size": batch_size, "seed": seed}
-    resume = resume_state("ldm", generator, state_path, settings)
+    total = resolve_steps(len(data), cfg.batch_size, cfg.steps, epochs)
+    state_settings = {"n": len(data), "batch_size": cfg.batch_size, "seed": cfg.seed}
+    resume = resume_state("ldm", generator, state_path, state_settings)
     vae_flags = [p.requires_grad for p in vae.parameters()]
     vae.eval().requires_grad_(False)
-    dev_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    ac = resolve_autocast_dtype(dtype, device)
+    dev_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    ac = resolve_autocast_dtype(cfg.dtype, device)
     if resume is None:
         generator.fit_num_atoms_distribution(data.num_atoms)
         if fit_latent_stats:
-            _fit_latent_stats(generator, data, 1024, augment_data, dev_gen)
+            _fit_latent_stats(generator, data, 1024, cfg.augment_data, dev_gen)
     ckpt = make_checkpointing(
-        state_path, generator, {"device": dev_gen}, save_every_minutes, settings, on_save
+        state_path, generator, {"device": dev_gen}, cfg.save_every_minutes, state_settings, on_save
     )
     ldm.denoiser.train()
 
     def step_fn(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = data[idx.to(device)]
-        if augment_data:
+        if cfg.augment_data:
             batch = augment(batch, dev_gen)
         with torch.no_grad():
             mean, logvar = vae.encode(batch)
@@ -676,8 +652,8 @@ def train_ldm(
         "train_ldm: %d crystals, %d steps, batch %d, lr %g, device %s",
         len(data),
         total,
-        batch_size,
-        lr,
+        cfg.batch_size,
+        cfg.lr,
         device,
     )
     try:
@@ -687,20 +663,11 @@ def train_ldm(
             step_fn,
             len(data),
             total,
-            batch_size,
-            lr,
-            weight_decay,
-            grad_clip,
-            warmup_steps,
-            schedule,
-            seed,
-            log_every,
+            cfg,
             callback,
             progress,
             after_step=ldm.update_ema,
             max_time_s=max_time_s,
-            max_minutes=max_minutes,
-            max_run_steps=max_run_steps,
             checkpointing=ckpt,
             resume=resume,
         )
@@ -714,27 +681,16 @@ def finetune_decoder(
     generator: LatentDiffusionGenerator,
     structures: Sequence | CrystalBatch,
     noise_max: float = 0.3,
-    steps: int | None = None,
+    config: TrainConfig | None = None,
+    *,
     epochs: float | None = None,
-    batch_size: int = 256,
-    lr: float = 1e-4,
     device: str | torch.device = "cpu",
-    seed: int = 0,
-    log_every: int = 100,
     callback: Callback | None = None,
-    augment_data: bool = True,
-    weight_decay: float = 0.0,
-    grad_clip: float | None = 1.0,
-    dtype: str = "fp32",
-    warmup_steps: int = 0,
-    schedule: str = "constant",
     progress: bool | None = None,
     max_time_s: float | None = None,
-    max_minutes: float | None = None,
     state_path: str | Path | None = None,
-    save_every_minutes: float = 5.0,
     on_save: Callable[[Path], None] | None = None,
-    max_run_steps: int | None = None,
+    **settings: Any,
 ) -> dict:
     """Fine-tune the VAE decoder on noised latents; the encoder stays fixed.
 
@@ -757,9 +713,7 @@ def finetune_decoder(
     noise_max
         Largest noise level, in latent standard deviations (0 continues plain decoder
         training on posterior means).
-    steps, epochs, batch_size, lr, device, seed, log_every, callback, augment_data,
-    weight_decay, grad_clip, dtype, warmup_steps, schedule, progress, max_time_s,
-    max_minutes, state_path, save_every_minutes, on_save, max_run_steps
+    config, epochs, device, callback, progress, max_time_s, state_path, on_save, **settings
         As in :func:`train_vae`.
 
     Returns
@@ -767,22 +721,24 @@ def finetune_decoder(
     dict
         Training history, plus ``noise_max``.
     """
+    cfg = resolve_config(config, LDM_FAMILY_DEFAULTS, settings)
     if not noise_max >= 0.0:
         raise ValueError(f"noise_max must be >= 0, got {noise_max}")
     device = torch.device(device)
     data = as_batch(structures, generator.max_atoms).to(device)
     generator.to(device)
     vae, ldm = generator.vae, generator.ldm
-    total = resolve_steps(len(data), batch_size, steps, epochs)
-    settings = {"n": len(data), "batch_size": batch_size, "seed": seed, "noise_max": noise_max}
-    resume = resume_state("decoder", generator, state_path, settings)
-    dev_gen = torch.Generator(device=device).manual_seed(seed + 2)
-    ac = resolve_autocast_dtype(dtype, device)
+    total = resolve_steps(len(data), cfg.batch_size, cfg.steps, epochs)
+    state_settings = {"n": len(data), "batch_size": cfg.batch_size, "seed": cfg.seed,
+                      "noise_max": noise_max}
+    resume = resume_state("decoder", generator, state_path, state_settings)
+    dev_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    ac = resolve_autocast_dtype(cfg.dtype, device)
     identity = bool((ldm.latent_std == 1).all()) and bool((ldm.latent_mean == 0).all())
     if resume is None and identity:
-        _fit_latent_stats(generator, data, 1024, augment_data, dev_gen)
+        _fit_latent_stats(generator, data, 1024, cfg.augment_data, dev_gen)
     ckpt = make_checkpointing(
-        state_path, generator, {"device": dev_gen}, save_every_minutes, settings, on_save
+        state_path, generator, {"device": dev_gen}, cfg.save_every_minutes, state_settings, on_save
     )
     latent_std = ldm.latent_std.detach().clone()
     flags = [p.requires_grad for p in vae.parameters()]
@@ -794,7 +750,7 @@ def finetune_decoder(
 
     def step_fn(idx: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = data[idx.to(device)]
-        if augment_data:
+        if cfg.augment_data:
             batch = augment(batch, dev_gen)
         scale = noise_max * torch.rand(len(batch), generator=dev_gen, device=device)
         with autocast(device, ac):
@@ -804,8 +760,8 @@ def finetune_decoder(
         "finetune_decoder: %d crystals, %d steps, batch %d, lr %g, noise_max %g, device %s",
         len(data),
         total,
-        batch_size,
-        lr,
+        cfg.batch_size,
+        cfg.lr,
         noise_max,
         device,
     )
@@ -816,19 +772,10 @@ def finetune_decoder(
             step_fn,
             len(data),
             total,
-            batch_size,
-            lr,
-            weight_decay,
-            grad_clip,
-            warmup_steps,
-            schedule,
-            seed,
-            log_every,
+            cfg,
             callback,
             progress,
             max_time_s=max_time_s,
-            max_minutes=max_minutes,
-            max_run_steps=max_run_steps,
             checkpointing=ckpt,
             resume=resume,
         )

@@ -6,7 +6,7 @@ with the training loop of the latent diffusion generator
 (:mod:`xtalforge.models.training`): AdamW, warm-up and constant/cosine schedule, gradient
 clipping, a run budget (``max_minutes`` / ``max_run_steps``) and a full training state file
 from which the same call continues (parameters, optimiser moments, step, minibatch order, RNG).
-It takes the keyword arguments of :meth:`~xtalforge.models.training.TrainConfig.loop_kwargs`,
+It takes the same :class:`~xtalforge.models.training.TrainConfig` (or its fields as keywords),
 so the pretraining makers drive both families with one ``TrainConfig``.
 """
 
@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from xtalforge.models.diffusion import autocast, resolve_autocast_dtype
 from xtalforge.models.training import (
     Callback,
+    TrainConfig,
     make_checkpointing,
+    resolve_config,
     resolve_steps,
     resume_state,
     run_loop,
@@ -32,6 +35,11 @@ from xtalforge.models.wyckoff.model import SequenceBatch
 __all__ = ["sequences_for_training", "train_wyckoff", "validation_nll"]
 
 logger = logging.getLogger(__name__)
+
+#: Defaults of :func:`train_wyckoff` when no ``config`` is given (give ``steps`` or ``epochs``);
+#: a Wyckoff sequence does not change under rigid motions, so there is nothing to augment.
+WYCKOFF_DEFAULTS: dict[str, Any] = {"steps": None, "batch_size": 256, "lr": 1e-3,
+                                    "log_every": 100, "augment_data": False}
 
 
 def sequences_for_training(generator: WyckoffTransformerGenerator, structures: Sequence,
@@ -83,28 +91,17 @@ def validation_nll(generator: WyckoffTransformerGenerator, data: SequenceBatch,
 def train_wyckoff(
     generator: WyckoffTransformerGenerator,
     structures: Sequence | SequenceBatch,
-    steps: int | None = None,
+    config: TrainConfig | None = None,
+    *,
     epochs: float | None = None,
-    batch_size: int = 256,
-    lr: float = 1e-3,
     device: str | torch.device = "cpu",
-    seed: int = 0,
-    log_every: int = 100,
     callback: Callback | None = None,
-    augment_data: bool = False,
-    weight_decay: float = 0.0,
-    grad_clip: float | None = 1.0,
-    dtype: str = "fp32",
-    warmup_steps: int = 0,
-    schedule: str = "constant",
     progress: bool | None = None,
     max_time_s: float | None = None,
-    max_minutes: float | None = None,
     state_path: str | Path | None = None,
-    save_every_minutes: float = 5.0,
     on_save: Callable[[Path], None] | None = None,
-    max_run_steps: int | None = None,
     fit_distributions: bool = True,
+    **settings: Any,
 ) -> dict:
     """Train the Wyckoff transformer by maximum likelihood.
 
@@ -116,15 +113,11 @@ def train_wyckoff(
     structures
         Training crystals, or their :class:`SequenceBatch` (tokenise once with
         :func:`sequences_for_training` when training repeatedly).
-    steps, epochs, batch_size, lr, weight_decay, grad_clip, warmup_steps, schedule, dtype
-        As in :func:`xtalforge.models.training.train_vae`.
-    augment_data
-        Accepted for the shared ``TrainConfig``: a Wyckoff sequence does not change under the
-        rigid motions the other family augments with, so there is nothing to augment.
-    device, seed, log_every, callback, progress, max_time_s
-        As in :func:`xtalforge.models.training.train_vae`.
-    max_minutes, state_path, save_every_minutes, on_save, max_run_steps
-        Resumable training, as in :func:`xtalforge.models.training.train_vae`.
+    config, epochs, device, callback, progress, max_time_s, state_path, on_save, **settings
+        As in :func:`xtalforge.models.training.train_vae`; without ``config`` the defaults are
+        :data:`WYCKOFF_DEFAULTS`. ``config.augment_data`` is accepted for the shared
+        ``TrainConfig`` and ignored: a Wyckoff sequence does not change under the rigid
+        motions the other family augments with.
     fit_distributions
         Fit the space-group histogram and element vocabulary to ``structures`` (False keeps
         the model's: fine-tuning on a selection, as the SFT baseline does).
@@ -135,19 +128,21 @@ def train_wyckoff(
         Training history (``loss`` = NLL per crystal, and its parts ``nll_wyckoff``,
         ``nll_element``, ``nll_coords``, ``nll_lattice``), ``steps``, ``completed`` ...
     """
+    cfg = resolve_config(config, WYCKOFF_DEFAULTS, settings)
     device = torch.device(device)
     data = structures if isinstance(structures, SequenceBatch) else sequences_for_training(
         generator, structures, progress=progress)[0]
     data = data.to(device)
     generator.to(device)
-    total = resolve_steps(len(data), batch_size, steps, epochs)
-    settings = {"n": len(data), "batch_size": batch_size, "seed": seed}
-    resume = resume_state("wyckoff", generator, state_path, settings)
+    total = resolve_steps(len(data), cfg.batch_size, cfg.steps, epochs)
+    state_settings = {"n": len(data), "batch_size": cfg.batch_size, "seed": cfg.seed}
+    resume = resume_state("wyckoff", generator, state_path, state_settings)
     if resume is None and fit_distributions:
         generator.fit_space_group_distribution(data.group.cpu())
         generator.model.fit_element_vocabulary(data.elements.cpu())
-    ckpt = make_checkpointing(state_path, generator, {}, save_every_minutes, settings, on_save)
-    ac = resolve_autocast_dtype(dtype, device)
+    ckpt = make_checkpointing(state_path, generator, {}, cfg.save_every_minutes, state_settings,
+                              on_save)
+    ac = resolve_autocast_dtype(cfg.dtype, device)
     model = generator.model
     model.train()
 
@@ -156,10 +151,8 @@ def train_wyckoff(
             return model.nll_loss(data[idx.to(device)])
 
     logger.info("train_wyckoff: %d crystals, %d steps, batch %d, lr %g, device %s", len(data),
-                total, batch_size, lr, device)
-    hist = run_loop("wyckoff", list(model.parameters()), step_fn, len(data), total, batch_size,
-                     lr, weight_decay, grad_clip, warmup_steps, schedule, seed, log_every,
-                     callback, progress, max_time_s=max_time_s, max_minutes=max_minutes,
-                     max_run_steps=max_run_steps, checkpointing=ckpt, resume=resume)
+                total, cfg.batch_size, cfg.lr, device)
+    hist = run_loop("wyckoff", list(model.parameters()), step_fn, len(data), total, cfg,
+                    callback, progress, max_time_s=max_time_s, checkpointing=ckpt, resume=resume)
     model.eval()
     return hist
