@@ -97,16 +97,18 @@ class BatchedExpmFrechet:
         """``L(A, E)`` as ``torch_sim.math.expm_frechet`` returns it (see the class)."""
         import torch
 
+        def unbatched() -> Any:
+            return self.original(A, E, method=method, compute_expm=compute_expm,
+                                 check_finite=check_finite)
+
         a, e = getattr(A, "_base", None), getattr(E, "_base", None)
         if (compute_expm or method not in (None, "SPS") or a is None or e is None
                 or A.dim() != 2 or A.shape != E.shape or a.dtype != e.dtype
                 or a.device != e.device):
-            return self.original(A, E, method=method, compute_expm=compute_expm,
-                                 check_finite=check_finite)
+            return unbatched()
         i, k = self._index(A, a), self._index(E, e)
         if i is None or k is None:
-            return self.original(A, E, method=method, compute_expm=compute_expm,
-                                 check_finite=check_finite)
+            return unbatched()
         key = self._key
         if (key is None or key[0]() is not a or key[1] != a._version or key[2]() is not e
                 or key[3] != e._version):
@@ -122,8 +124,7 @@ class BatchedExpmFrechet:
             self._key = (weakref.ref(a), a._version, weakref.ref(e), e._version)
             self._value = value
         if self._value is None:  # non-finite batch: the original raises its error
-            return self.original(A, E, method=method, compute_expm=compute_expm,
-                                 check_finite=check_finite)
+            return unbatched()
         self.n_calls_served += 1
         return self._value[i, k]
 
