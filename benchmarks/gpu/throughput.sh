@@ -12,15 +12,16 @@
 # 2. profile      CHGNet single points batched at 256 and 1024, graph construction included,
 #                 against the ASE loop (chgnet_profile.py) on STRUCTURES (a JSON(.gz) list of
 #                 generated structures, e.g. a scaling evaluation's samples_*.json.gz)
+# 2b. frechet    the Frechet cell-force loop alone (a few minutes, before the long round):
+#                 FSTEPS FIRE steps (default 30) of NFRECHET generated structures (default 500,
+#                 from STRUCTURES or MP-20 test crystals)
+#                 with torch-sim's per-system loop and with relax_batched's batched matrix
+#                 exponentials, same structures, same model (benchmarks/relax_frechet.py)
 # 3. round_relax  one round of NRELAX structures (default 1,000) relaxed with torch-sim batched
 #                 FIRE (fmax 0.05 eV/A, <= 300 steps) against one ASE FIRE run per structure;
 #                 CHGNet graphs are rebuilt at every step, in GRAPH_WORKERS processes (serial
 #                 graph building, about 5 ms a cell, is what bounds a batched relaxation on a
 #                 GPU); the log shows progress and the graph / model time split every minute
-# 3b. frechet    the Frechet cell-force loop alone: FSTEPS FIRE steps (default 50) of NFRECHET
-#                 generated structures (default 1,000, from STRUCTURES or MP-20 test crystals)
-#                 with torch-sim's per-system loop and with relax_batched's batched matrix
-#                 exponentials, same structures, same model (benchmarks/relax_frechet.py)
 # 4. mace         MACE (MACE-MP-0 medium size) single points batched over torch_geometric
 #                 batches, graphs built in-process and in GRAPH_WORKERS processes, against
 #                 mace-torch's ASE calculator one structure at a time (benchmarks/screening.py),
@@ -56,16 +57,16 @@ stage profile
     --batch-sizes 256 1024 --graph-workers "$GRAPH_WORKERS" ${STRUCTURES:+--structures "$STRUCTURES"} --out "$D/profile.json" \
     > "$D/profile.log" 2>&1 || stage failed-profile
 
+stage frechet
+[ -f "$D/relax_frechet.json" ] || python3 "$D/code/benchmarks/relax_frechet.py" --device cuda \
+    --n "${NFRECHET:-500}" --steps "${FSTEPS:-30}" --graph-workers "$GRAPH_WORKERS" \
+    ${STRUCTURES:+--structures "$STRUCTURES"} --out "$D/relax_frechet.json" > "$D/relax_frechet.log" 2>&1 \
+    || stage failed-frechet
+
 stage round_relax
 [ -f "$D/round_relax.json" ] || $CT --n "$NRELAX" --relax --fmax 0.05 --steps 300 \
     --graph-workers "$GRAPH_WORKERS" --n-jobs "$N_JOBS" --baseline-n "$RELAX_BASELINE_N" --out "$D/round_relax.json" \
     > "$D/round_relax.log" 2>&1 || { stage failed-round_relax; exit 14; }
-
-stage frechet
-[ -f "$D/relax_frechet.json" ] || python3 "$D/code/benchmarks/relax_frechet.py" --device cuda \
-    --n "${NFRECHET:-1000}" --steps "${FSTEPS:-50}" --graph-workers "$GRAPH_WORKERS" \
-    ${STRUCTURES:+--structures "$STRUCTURES"} --out "$D/relax_frechet.json" > "$D/relax_frechet.log" 2>&1 \
-    || stage failed-frechet
 
 stage mace
 [ -f "$D/mace.json" ] || python3 "$D/code/benchmarks/screening.py" --device cuda --n 2048 \
