@@ -277,7 +277,7 @@ def relax_batched(
                 return
             last_log[0] = now
             timings = getattr(tsm, "timings", None) or {}
-            split = "".join(f", {k} {v:.1f} s" for k, v in timings.items())
+            split = "".join(f", {k} {v:.3g} s" for k, v in timings.items())
             logger.info("%s batched relax: %d/%d structures finished, %d optimiser steps, "
                         "%.1f s%s", model.name, n_done[0], len(todo), int(n_steps.sum()),
                         now - t_start, split)
