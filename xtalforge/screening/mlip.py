@@ -586,6 +586,7 @@ class EnergyModel(ABC):
         progress: bool = False,
         optimizer: str = "FIRE",
         log_every: float = 60.0,
+        batch_frechet: bool = True,
     ) -> list[RelaxResult]:
         """Relax many structures at once with torch-sim (batched FIRE).
 
@@ -600,7 +601,7 @@ class EnergyModel(ABC):
             return relax_batched(self, structures, fmax=fmax, steps=steps,
                                  cell_filter=cell_filter, max_atoms=max_atoms,
                                  check_every=check_every, progress=progress,
-                                 log_every=log_every)
+                                 log_every=log_every, batch_frechet=batch_frechet)
 
     def predict_ase_loop(
         self,

@@ -176,6 +176,7 @@ def relax_batched(
     check_every: int = 5,
     progress: bool = False,
     log_every: float = 60.0,
+    batch_frechet: bool = True,
 ) -> list[RelaxResult]:
     """Relax many structures at once with torch-sim's batched FIRE.
 
@@ -202,6 +203,10 @@ def relax_batched(
         optimiser steps) is logged at INFO level every ``log_every`` seconds.
     log_every : float
         Seconds between progress log lines.
+    batch_frechet : bool
+        Compute the Fréchet cell filter's matrix-exponential derivatives for the whole batch at
+        once (:class:`BatchedExpmFrechet`); False leaves torch-sim's per-system loop as it is
+        (the baseline of ``benchmarks/relax_frechet.py``).
 
     Returns
     -------
@@ -245,7 +250,7 @@ def relax_batched(
                      else 2048)
     max_atoms = max(int(max_atoms), max(len(s) for s in pmg))
     # torch-sim's Frechet cell filter loops over systems: batch its matrix exponentials
-    with batched_expm_frechet():
+    with batched_expm_frechet() if batch_frechet else contextlib.nullcontext():
         # initial energies and forces, bin by bin (the in-flight batches then keep that size)
         binner = ts.BinningAutoBatcher(
             model=tsm, memory_scales_with="n_atoms", max_memory_scaler=float(max_atoms),
