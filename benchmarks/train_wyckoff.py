@@ -285,6 +285,15 @@ def cmd_ppo(args) -> None:
     res = RewardResources(energy_model=screener.model, hull=screener.hull,
                           reference=screener.reference, n_jobs=args.n_jobs, device=args.device)
     reward = build_reward(_reward_spec(args.reward))
+    if args.embedder:
+        # the diversity rewards embed with a latent diffusion VAE (the transformer gives no
+        # composition embeddings); the reference is every MP-20 structure the VAE can encode
+        from xtalforge.models.generator import LatentDiffusionGenerator
+
+        res.generator = LatentDiffusionGenerator.load(args.embedder, map_location=args.device)
+        n_emb = res.embed_reference(screener.reference.structures, reward.required_metrics)
+        logger.info("diversity reference: %d MP-20 structures embedded by %s", n_emb,
+                    args.embedder)
     cfg = PPOConfig(batch_size=args.batch_size, minibatch_size=args.minibatch_size,
                     kl_coef=args.kl_coef, lr=args.lr, max_steps=args.steps, seed=args.seed,
                     eval_every=args.eval_every, eval_samples=args.eval_samples)
@@ -306,7 +315,8 @@ def cmd_ppo(args) -> None:
                                 "mode": "single point",
                                 "hull_convention": screener.hull.convention,
                                 "batch_size": cfg.batch_size, "kl_coef": cfg.kl_coef,
-                                "base": str(args.checkpoint), "init": args.init}})
+                                "base": str(args.checkpoint), "init": args.init,
+                                "embedder": args.embedder}})
         if tr.step % args.checkpoint_every == 0:
             save(tr)
 
@@ -634,6 +644,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint-every", type=int, default=5)
     p.add_argument("--init", default=None,
                    help="initial policy (default: the base --checkpoint, the KL reference)")
+    p.add_argument("--embedder", default=None,
+                   help="latent diffusion checkpoint whose VAE embeds structures and "
+                        "compositions for the diversity rewards (e.g. of the dng preset)")
     p.add_argument("--reward", default="ehull",
                    help="'ehull' (-E_hull, Cao & Wang 2025), a reward preset (e.g. msun: "
                         "-clip(E_hull, 0, 1) + creativity) or a JSON list of reward "

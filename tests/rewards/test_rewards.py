@@ -250,6 +250,44 @@ def test_diversity_with_generator_embeddings(tiny_generator):
         out.raw["composition_diversity"][1])
 
 
+def test_embed_reference_fills_what_the_reward_needs(tiny_generator):
+    ref = [rocksalt("K", "Br", 6.6), diamond("Ge", 5.66), cscl("Cs", "Cl", 4.1)]
+    big = Structure(Lattice.cubic(20.0), ["Na"] * (tiny_generator.max_atoms + 1),
+                    np.random.default_rng(0).random((tiny_generator.max_atoms + 1, 3)))
+    reward = build_reward("dng")
+    # no embedder: a clear error, not a silent reward without diversity
+    with pytest.raises(ValueError, match="generator"):
+        RewardResources().embed_reference(ref, reward.required_metrics)
+    res = RewardResources(generator=tiny_generator)
+    # a cell larger than the VAE encodes is left out of the reference
+    assert res.embed_reference(ref + [big], reward.required_metrics) == 3
+    np.testing.assert_allclose(res.reference_composition_embeddings,
+                               tiny_generator.composition_embeddings(ref))
+    np.testing.assert_allclose(res.reference_structure_embeddings,
+                               tiny_generator.embed_structures(ref))
+    # a seeded subset, and nothing at all for a reward without diversity terms
+    sub = RewardResources(generator=tiny_generator)
+    assert sub.embed_reference(ref, reward.required_metrics, max_structures=2,
+                               rng=np.random.default_rng(0)) == 2
+    assert len(sub.reference_structure_embeddings) == 2
+    none = RewardResources(generator=tiny_generator)
+    assert none.embed_reference(ref, build_reward("msun").required_metrics) == 0
+    assert none.reference_structure_embeddings is None
+
+
+class _NoCompositions:
+    max_atoms = 20
+
+    def embed_structures(self, structures, device=None):
+        return np.zeros((len(structures), 2))
+
+
+def test_embed_reference_needs_composition_embeddings():
+    with pytest.raises(ValueError, match="composition embeddings"):
+        RewardResources(generator=_NoCompositions()).embed_reference(
+            [rocksalt()], ["composition_embedding"])
+
+
 class _FakeSurrogate:
     def __init__(self, values):
         self.values = np.asarray(values, dtype=float)

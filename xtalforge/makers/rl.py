@@ -244,20 +244,8 @@ def reward_resources(ctx: JobContext, reward: CompositeReward, embedder: Any, *,
     ids = [d.get("structure_id", str(i)) for i, d in enumerate(ref_docs)]
     if need & {"unique", "novel", "min_amd_distance", "e_above_hull", "energy_per_atom"}:
         res.reference = ReferenceSet(ref_structs, ids)
-    small = [s for s in ref_structs if len(s) <= embedder.max_atoms]
-    if (rng is not None and max_reference_embeddings is not None
-            and len(small) > max_reference_embeddings):
-        pick = rng.choice(len(small), max_reference_embeddings, replace=False)
-        small = [small[i] for i in sorted(pick)]
-    if "structure_embedding" in need:
-        res.reference_structure_embeddings = embedder.embed_structures(small, device=device)
-    if "composition_embedding" in need:
-        if not hasattr(embedder, "composition_embeddings"):
-            raise ValueError(f"composition diversity needs composition embeddings, which a "
-                             f"{type(embedder).__name__} does not give: embed with a latent "
-                             "diffusion checkpoint (PPOFineTuneMaker: set embedder)")
-        res.reference_composition_embeddings = embedder.composition_embeddings(small,
-                                                                                device=device)
+    res.embed_reference(ref_structs, list(need), max_structures=max_reference_embeddings,
+                        rng=rng)
     if need & {"e_above_hull", "energy_per_atom"}:
         from xtalforge.screening.hull import ReferenceHull
         from xtalforge.screening.mlip import get_energy_model

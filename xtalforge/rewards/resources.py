@@ -95,6 +95,61 @@ class RewardResources:
             "amd_backend": AMD_BACKEND,
         }
 
+    def embed_reference(self, structures: Sequence[Structure], required: Sequence[str], *,
+                        max_structures: int | None = None,
+                        rng: np.random.Generator | None = None) -> int:
+        """Embed the diversity reference with :attr:`generator` (what ``required`` asks for).
+
+        The diversity rewards (Park & Walsh 2025) compare each sample's embedding with the
+        reference distribution's. Any generator with ``embed_structures`` can embed structures;
+        composition embeddings need one with ``composition_embeddings`` (a latent diffusion
+        VAE), which is how a Wyckoff transformer's RL gets diversity rewards: its embedder is a
+        latent diffusion checkpoint.
+
+        Parameters
+        ----------
+        structures
+            Reference crystals (those with more atoms than the generator's ``max_atoms`` are
+            left out).
+        required
+            The reward's required metrics; only ``structure_embedding`` and
+            ``composition_embedding`` matter here.
+        max_structures, rng
+            With both given, at most this many structures are embedded, a random subset drawn
+            from ``rng``.
+
+        Returns
+        -------
+        int
+            The number of reference structures embedded (0 when nothing is required).
+
+        Raises
+        ------
+        ValueError
+            When an embedding is required and :attr:`generator` is missing or cannot give it.
+        """
+        need = {"structure_embedding", "composition_embedding"} & set(required)
+        if not need:
+            return 0
+        gen = self.generator
+        if gen is None:
+            raise ValueError("the diversity rewards need RewardResources.generator to embed "
+                             "structures (give a latent diffusion checkpoint as embedder)")
+        if "composition_embedding" in need and not hasattr(gen, "composition_embeddings"):
+            raise ValueError(f"composition diversity needs composition embeddings, which a "
+                             f"{type(gen).__name__} does not give: embed with a latent "
+                             "diffusion checkpoint")
+        small = [s for s in structures if len(s) <= gen.max_atoms]
+        if rng is not None and max_structures is not None and len(small) > max_structures:
+            pick = rng.choice(len(small), max_structures, replace=False)
+            small = [small[i] for i in sorted(pick)]
+        if "structure_embedding" in need:
+            self.reference_structure_embeddings = gen.embed_structures(small, device=self.device)
+        if "composition_embedding" in need:
+            self.reference_composition_embeddings = gen.composition_embeddings(
+                small, device=self.device)
+        return len(small)
+
     def reference_amd(self, formula: str, k: int) -> np.ndarray:
         """AMD vectors of the reference structures of ``formula`` (cached by the reference set)."""
         if self.reference is None:
