@@ -248,6 +248,13 @@ def test_diversity_with_generator_embeddings(tiny_generator):
     # the two identical rock salts get the same utility
     assert out.raw["composition_diversity"][0] == pytest.approx(
         out.raw["composition_diversity"][1])
+    # a sample larger than the VAE encodes fails alone (a Wyckoff policy's big cells)
+    n = tiny_generator.max_atoms + 4
+    big = Structure(Lattice.cubic(12.0), ["Na", "Cl"] * (n // 2),
+                    np.random.default_rng(1).random((n, 3)))
+    out = reward(RewardContext([rocksalt(), big, cscl(), diamond()], res))
+    assert out.n_failed == {"composition_diversity": 1, "structure_diversity": 1}
+    assert np.all(np.isfinite(out.total))
 
 
 def test_embed_reference_fills_what_the_reward_needs(tiny_generator):

@@ -211,11 +211,16 @@ def _embedding_provider(ctx: RewardContext, wanted: frozenset) -> dict[str, np.n
     if gen is None:
         raise ValueError("embedding metrics need RewardResources.generator")
     dev = ctx.resources.device
+    # a sample larger than the embedder encodes (a Wyckoff transformer's 24-atom cell for a
+    # 20-atom VAE) gets a NaN row: its diversity rewards fail alone, the batch goes on
+    limit = getattr(gen, "max_atoms", None)
+    structs = [s if s is None or limit is None or len(s) <= limit else None
+               for s in ctx.structures]
     out = {}
     if "structure_embedding" in wanted:
-        out["structure_embedding"] = gen.embed_structures(ctx.structures, device=dev)
+        out["structure_embedding"] = gen.embed_structures(structs, device=dev)
     if "composition_embedding" in wanted:
-        out["composition_embedding"] = gen.composition_embeddings(ctx.structures, device=dev)
+        out["composition_embedding"] = gen.composition_embeddings(structs, device=dev)
     return out
 
 
