@@ -17,6 +17,12 @@ Stages (N generated structures, default 10,000, from a trained latent-diffusion 
    stage 2 (``screen_structures(pipeline=True)``);
 5. ``store``: one ``screen`` document per structure, bulk-written to a maggma store.
 
+Memory: the peak GPU memory of the round, and the host memory of this process across the round
+(``host_memory``: resident set before the round and its peak during it, from Linux's
+``/proc/self/status``). GPU memory follows the batch in flight, not N; what grows with N is the
+host memory of the structures, records and documents, so two runs at different N (with the
+same batch sizes) give the growth per structure and the largest round a host holds.
+
 Baseline, measured in the same run on the first ``--baseline-n`` structures and extrapolated
 linearly to N (labelled as such): the peers' way, as Chemeleon2 and CrystalFormer-RL score,
 one structure at a time: CHGNet through its ASE calculator (or one ASE FIRE relaxation per
@@ -55,6 +61,53 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore")
 logger = logging.getLogger("campaign_throughput")
+
+
+def _status_kb(key: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` of this process in kB (Linux), else ``None``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (``VmHWM``) so that it measures the round alone."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def host_memory_of_round(rss_before_kb: int | None, peak_reset: bool, n: int) -> dict:
+    """Host memory of this process across the round and the round size the host could hold.
+
+    The estimate divides the host's available memory by the round's growth per structure
+    (structures, records and documents stay in memory until the store write); worker processes
+    are not counted, and their memory does not grow with N (they take chunks).
+    """
+    import psutil
+
+    peak = _status_kb("VmHWM") if peak_reset else None
+    if rss_before_kb is None or peak is None:
+        return {"note": "peak resident set not measurable on this platform"}
+    growth = max(peak - rss_before_kb, 0) * 1024
+    per = growth / max(n, 1)
+    avail = psutil.virtual_memory().available
+    return {"rss_before_round_gb": rss_before_kb * 1024 / 1e9,
+            "peak_rss_round_gb": peak * 1024 / 1e9,
+            "growth_gb": growth / 1e9, "growth_per_structure_kb": per / 1024,
+            "host_total_gb": psutil.virtual_memory().total / 1e9,
+            "host_available_gb_after_round": avail / 1e9,
+            "largest_round_by_host_memory": int(avail / per) if per > 0 else None,
+            "note": "main process only (graph / matching workers hold chunks, not the round); "
+                    "the largest round is the available host memory over the growth per "
+                    "structure of this round, an extrapolation and a conservative one (the "
+                    "growth includes batch buffers that do not grow with N)"}
 
 
 def device_name(device: str) -> str:
@@ -176,6 +229,7 @@ def main() -> None:
     setup_s = time.perf_counter() - t
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    rss_before_kb, peak_reset = _status_kb("VmRSS"), reset_peak_rss()
 
     # ---- the round ---------------------------------------------------------------------
     t_round = time.perf_counter()
@@ -195,6 +249,7 @@ def main() -> None:
     t_store, n_docs = store_documents(records, structures, args.store_dir)
     total = time.perf_counter() - t_round
     peak_gb = torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else None
+    host_memory = host_memory_of_round(rss_before_kb, peak_reset, args.n)
     ts = summary["timings_s"]
     n_msun = int(summary.get("n_msun", 0))
     stages = {"sample+decode": t_sample, "energy": ts["energy"],
@@ -270,6 +325,7 @@ def main() -> None:
         "msun_per_minute": n_msun / total * 60.0,
         "relax_converged": summary.get("n_relax_converged"),
         "peak_gpu_memory_gb": peak_gb,
+        "host_memory": host_memory,
         "baseline": {
             "n_measured": nb,
             "energy_s_measured": t_base_energy,
@@ -306,6 +362,10 @@ def main() -> None:
     print(f"  mSUN/min                           {out['msun_per_minute']:9.1f}")
     if peak_gb is not None:
         print(f"  peak GPU memory                    {peak_gb:9.2f} GB")
+    if "growth_per_structure_kb" in host_memory:
+        print(f"  host memory growth of the round    {host_memory['growth_gb']:9.2f} GB "
+              f"({host_memory['growth_per_structure_kb']:.1f} kB a structure; "
+              f"{host_memory['largest_round_by_host_memory']:,} would fit)")
     b = out["baseline"]
     print(f"baseline (first {nb}, extrapolated x{scale:.1f}): energy "
           f"{b['energy_s_extrapolated']:.1f} s, hull {b['hull_s_extrapolated']:.1f} s, "
