@@ -30,7 +30,8 @@
 #
 # Environment: CKPT (required), STRUCTURES, DATA_DIR (MP-20 CSVs, default ../shared/data/mp20), WHEELS,
 # D (default out/throughput), N, NRELAX, BASELINE_N, RELAX_BASELINE_N, NFRECHET, FSTEPS,
-# GRAPH_WORKERS, N_JOBS.
+# GRAPH_WORKERS, N_JOBS, SKIP (stages to leave out this time, e.g. SKIP="round_sp profile";
+# a later start without them runs them).
 set -o pipefail
 PIPELINE=throughput
 source benchmarks/gpu/lib.sh
@@ -46,30 +47,33 @@ N_JOBS=${N_JOBS:-8}
 stage install
 install_site xtalforge.data.mp20 chgnet.model pymatgen.analysis.phase_diagram smact maggma.stores numexpr tables
 
+# want STAGE: true unless STAGE is in SKIP or its result file exists already
+want() { [[ " $SKIP " != *" $1 "* ]] && [ ! -f "$D/$2" ]; }
+
 CT="python3 $D/code/benchmarks/campaign_throughput.py --checkpoint $CKPT --data-dir $DATA_DIR --device cuda"
 stage round_sp
-[ -f "$D/round_sp.json" ] || $CT --n "$N" --batch-size 512 --graph-workers "$GRAPH_WORKERS" \
+! want round_sp round_sp.json || $CT --n "$N" --batch-size 512 --graph-workers "$GRAPH_WORKERS" \
     --n-jobs "$N_JOBS" --baseline-n "$BASELINE_N" --out "$D/round_sp.json" > "$D/round_sp.log" 2>&1 \
     || { stage failed-round_sp; exit 13; }
 
 stage profile
-[ -f "$D/profile.json" ] || python3 "$D/code/benchmarks/chgnet_profile.py" --device cuda --n 4096 \
+! want profile profile.json || python3 "$D/code/benchmarks/chgnet_profile.py" --device cuda --n 4096 \
     --batch-sizes 256 1024 --graph-workers "$GRAPH_WORKERS" ${STRUCTURES:+--structures "$STRUCTURES"} --out "$D/profile.json" \
     > "$D/profile.log" 2>&1 || stage failed-profile
 
 stage frechet
-[ -f "$D/relax_frechet.json" ] || python3 "$D/code/benchmarks/relax_frechet.py" --device cuda \
+! want frechet relax_frechet.json || python3 "$D/code/benchmarks/relax_frechet.py" --device cuda \
     --n "${NFRECHET:-500}" --steps "${FSTEPS:-30}" --graph-workers "$GRAPH_WORKERS" \
     ${STRUCTURES:+--structures "$STRUCTURES"} --out "$D/relax_frechet.json" > "$D/relax_frechet.log" 2>&1 \
     || stage failed-frechet
 
 stage round_relax
-[ -f "$D/round_relax.json" ] || $CT --n "$NRELAX" --relax --fmax 0.05 --steps 300 \
+! want round_relax round_relax.json || $CT --n "$NRELAX" --relax --fmax 0.05 --steps 300 \
     --graph-workers "$GRAPH_WORKERS" --n-jobs "$N_JOBS" --baseline-n "$RELAX_BASELINE_N" --out "$D/round_relax.json" \
     > "$D/round_relax.log" 2>&1 || { stage failed-round_relax; exit 14; }
 
 stage mace
-[ -f "$D/mace.json" ] || python3 "$D/code/benchmarks/screening.py" --device cuda --n 2048 \
+! want mace mace.json || python3 "$D/code/benchmarks/screening.py" --device cuda --n 2048 \
     --n-ase 200 --batch-sizes 64 256 --graph-workers "$GRAPH_WORKERS" --out "$D/mace.json" \
     > "$D/mace.log" 2>&1 || stage failed-mace
 stage done
