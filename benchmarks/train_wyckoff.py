@@ -136,8 +136,8 @@ def _load_tokens(args, split) -> tuple[list, list]:
 # ------------------------------------------------------------------------------------ train
 def cmd_train(args) -> None:
     from xtalforge.data.mp20 import load_mp20_split
-    from xtalforge.makers.wyckoff import wyckoff_preset
     from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
+    from xtalforge.models.wyckoff.model import wyckoff_preset
     from xtalforge.models.wyckoff.training import train_wyckoff, validation_nll
 
     out = Path(args.out)

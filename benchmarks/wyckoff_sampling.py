@@ -65,9 +65,8 @@ def _run(model, groups: torch.Tensor, batch_size: int, seed: int, use_cache: boo
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; return the result row."""
-    from xtalforge.makers.wyckoff import wyckoff_preset
     from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
-    from xtalforge.models.wyckoff.model import SequenceBatch
+    from xtalforge.models.wyckoff.model import SequenceBatch, wyckoff_preset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="medium", choices=["tiny", "medium", "paper"],

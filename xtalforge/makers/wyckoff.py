@@ -53,29 +53,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PPOFineTuneMaker", "SFTFineTuneMaker", "WyckoffPretrainMaker", "run_ppo_finetune",
-           "wyckoff_preset"]
+__all__ = ["PPOFineTuneMaker", "SFTFineTuneMaker", "WyckoffPretrainMaker", "run_ppo_finetune"]
 
 STATE_FORMAT = "xtalforge.ppo_trainer_state/1"
 
 #: The stability reward of Cao & Wang 2025 (r = -E_hull, raw eV/atom, clipped at 5).
 STABILITY_REWARD = [{"name": "stability", "weight": 1.0, "normalize": None, "clip": 5.0}]
-
-
-def wyckoff_preset(model: str | dict[str, Any], max_atoms: int = 20):
-    """Return the Wyckoff transformer config of a preset (``tiny``, ``medium``, ``paper``)."""
-    from xtalforge.models.wyckoff.model import WyckoffTransformerConfig
-
-    if isinstance(model, dict):
-        return WyckoffTransformerConfig.from_dict(model)
-    presets = {"tiny": WyckoffTransformerConfig.tiny, "medium": WyckoffTransformerConfig.medium,
-               "paper": WyckoffTransformerConfig.paper}
-    if model not in presets:
-        raise ValueError(f"unknown Wyckoff transformer preset {model!r}: use one of "
-                         f"{sorted(presets)}")
-    cfg = presets[model]()
-    cfg.max_atoms = max_atoms
-    return cfg
 
 
 def _ppo_config() -> PPOConfig:
@@ -125,6 +108,7 @@ class WyckoffPretrainMaker(Maker):
         import torch
 
         from xtalforge.models.wyckoff.generator import WyckoffTransformerGenerator
+        from xtalforge.models.wyckoff.model import wyckoff_preset
         from xtalforge.models.wyckoff.training import sequences_for_training, train_wyckoff
 
         ctx = job_context()

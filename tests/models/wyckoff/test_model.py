@@ -96,3 +96,22 @@ def test_von_mises_sampler_moments(kappa):
     kt = torch.tensor(kappa, dtype=torch.float64)
     expect = float(torch.special.i1e(kt) / torch.special.i0e(kt))
     assert abs(r - expect) < 0.02
+
+
+def test_wyckoff_preset_names_and_dicts():
+    import subprocess
+    import sys
+
+    from xtalforge.models.wyckoff.model import wyckoff_preset
+
+    cfg = wyckoff_preset("medium", max_atoms=24)
+    assert (cfg.d_model, cfg.num_layers, cfg.max_atoms) == (256, 8, 24)
+    assert wyckoff_preset(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="'mediun'.*medium"):
+        wyckoff_preset("mediun")
+    assert isinstance(wyckoff_preset("tiny"), WyckoffTransformerConfig)
+    # training a Wyckoff transformer needs no workflow stack (a GPU host may lack it)
+    code = ("import sys; import xtalforge.models.wyckoff.model, xtalforge.models.wyckoff.training;"
+            "print(sorted({'jobflow', 'maggma'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -118,6 +118,38 @@ class WyckoffTransformerConfig:
         return cls(**d)
 
 
+def wyckoff_preset(model: str | dict, max_atoms: int = 20) -> WyckoffTransformerConfig:
+    """Return the Wyckoff transformer config of a preset (``tiny``, ``medium``, ``paper``).
+
+    Parameters
+    ----------
+    model
+        Preset name, or a :meth:`WyckoffTransformerConfig.to_dict` dict (used as is).
+    max_atoms
+        Largest primitive cell the preset is set to generate.
+
+    Returns
+    -------
+    WyckoffTransformerConfig
+        A new config.
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset name (the message lists the known ones).
+    """
+    if isinstance(model, dict):
+        return WyckoffTransformerConfig.from_dict(model)
+    presets = {"tiny": WyckoffTransformerConfig.tiny, "medium": WyckoffTransformerConfig.medium,
+               "paper": WyckoffTransformerConfig.paper}
+    if model not in presets:
+        raise ValueError(f"unknown Wyckoff transformer preset {model!r}: use one of "
+                         f"{sorted(presets)}")
+    cfg = presets[model]()
+    cfg.max_atoms = max_atoms
+    return cfg
+
+
 @dataclass
 class SequenceBatch:
     """Padded tensors of a batch of Wyckoff sequences (slot ``max_sites`` is always padding).
