@@ -120,3 +120,19 @@ def test_mp20_csv_loads(shared_data):
     assert len(rep.entries) >= 195
     e = rep.entries[0]
     assert e.source_id.startswith("mp-") and "formation_energy_per_atom" in e.properties
+
+
+def test_fingerprint_ignores_float_noise_but_not_real_changes():
+    from pymatgen.core import Lattice, Structure
+
+    from xtalforge.data.loaders import build_load_report
+
+    def report(a: float):
+        s = Structure(Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+        return build_load_report("t", None, [("x", s, {})], progress=False)
+
+    base = report(5.64)
+    # last-bit differences (another CPU's math library) keep the fingerprint
+    assert report(5.64 * (1 + 1e-13)).fingerprint == base.fingerprint
+    # a lattice change of a thousandth of an angstrom does not
+    assert report(5.641).fingerprint != base.fingerprint

@@ -180,7 +180,10 @@ def build_load_report(
             continue
         props = {k: _clean_value(v) for k, v in props.items()}
         entries.append(DatasetEntry(source_id, structure, props))
-        h.update(f"{source_id}|{structure.composition.formula}|{structure.lattice.abc}".encode())
+        # lattice lengths to 1e-6 A: the full float repr differs in its last bits between
+        # CPUs and math libraries, and the fingerprint must not
+        abc = ",".join(f"{x:.6f}" for x in structure.lattice.abc)
+        h.update(f"{source_id}|{structure.composition.formula}|{abc}".encode())
     if rejected:
         logger.warning(
             "%s: rejected %d of %d entries (%s)",
