@@ -1,9 +1,11 @@
 """One campaign round, timed stage by stage, against the serial per-structure way in the same run.
 
-Stages (N generated structures, default 10,000, from a trained latent-diffusion checkpoint):
+Stages (N generated structures, default 10,000, from a trained checkpoint of either family):
 
 1. ``sample`` + ``decode``: :meth:`LatentDiffusionGenerator.generate` (DDIM 50, eta 1, EMA;
-   bf16 on CUDA; on CUDA the pymatgen conversion of one batch overlaps the next batch);
+   bf16 on CUDA; on CUDA the pymatgen conversion of one batch overlaps the next batch), or a
+   Wyckoff transformer's ``generate`` (space groups from the training distribution,
+   temperature 1; sequences decoded to structures in ``--n-jobs`` processes);
 2. ``energy``: MLIP single points (CHGNet ``"fast"`` mode by default, graphs built in
    ``--graph-workers`` processes) or, with ``--relax``, batched torch-sim FIRE relaxation
    (Frechet cell filter, ``--fmax``, ``--steps``);
@@ -30,7 +32,8 @@ structure with ``--relax``), one hull query per structure from an empty cache, t
 matching and SMACT in one process. Linear
 extrapolation understates the baseline's matching cost, which grows faster than N.
 
-A checkpoint with random weights is refused (its atom-count distribution was never fitted):
+A checkpoint with random weights is refused (a latent diffusion checkpoint whose atom-count
+distribution was never fitted, a Wyckoff transformer with a held-out NLL of an untrained one):
 garbage structures change the work.
 
 Usage (any GPU host; the MP-20 CSVs in --data-dir)::
@@ -126,14 +129,35 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def load_trained(path: Path, device: str):
-    from xtalforge.models.generator import LatentDiffusionGenerator
+#: Held-out NLL per crystal (nats) above which a Wyckoff transformer counts as untrained:
+#: randomly initialised ``tiny`` and ``medium`` models give 38-40 on 64 MP-20 held-out crystals,
+#: a 1,250-step ``medium`` snapshot 10.7.
+UNTRAINED_WYCKOFF_NLL = 30.0
 
-    gen = LatentDiffusionGenerator.load(path, map_location=device)
-    counts = gen.num_atoms_counts[1:]
-    if float(counts.std()) == 0.0:
-        raise SystemExit(f"{path}: atom-count distribution never fitted: random weights are "
-                         "refused (train the generator first)")
+
+def load_trained(path: Path, device: str, heldout: list, decode_workers: int = 0):
+    """Load a generator of either family and refuse one with random weights.
+
+    A latent diffusion checkpoint whose atom-count distribution was never fitted, or a Wyckoff
+    transformer whose held-out NLL on 64 MP-20 crystals is above
+    :data:`UNTRAINED_WYCKOFF_NLL`, is refused: garbage structures change the work.
+    """
+    from xtalforge.models.interface import checkpoint_family, load_any_generator
+
+    gen = load_any_generator(path, map_location=device)
+    if checkpoint_family(path) == "latent_diffusion":
+        if float(gen.num_atoms_counts[1:].std()) == 0.0:
+            raise SystemExit(f"{path}: atom-count distribution never fitted: random weights "
+                             "are refused (train the generator first)")
+        return gen
+    from xtalforge.models.wyckoff.training import sequences_for_training, validation_nll
+
+    data, _ = sequences_for_training(gen, heldout[:64])
+    nll = validation_nll(gen, data)
+    if not nll <= UNTRAINED_WYCKOFF_NLL:
+        raise SystemExit(f"{path}: held-out NLL {nll:.1f} nats per crystal (random weights give "
+                         f"about 38): an untrained Wyckoff transformer is refused")
+    gen.decode_workers = decode_workers
     return gen
 
 
@@ -214,8 +238,8 @@ def main() -> None:
 
     # ---- set-up (not timed as part of the round) -------------------------------------
     t = time.perf_counter()
-    gen = load_trained(args.checkpoint, device)
     split = load_mp20_split(args.data_dir, workers=args.n_jobs)
+    gen = load_trained(args.checkpoint, device, split.heldout, decode_workers=args.n_jobs)
     mkw = {"graph_workers": args.graph_workers} if args.graph_workers else {}
     if args.mlip.startswith("chgnet"):
         mkw["mode"] = args.mlip_mode
