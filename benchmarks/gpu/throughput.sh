@@ -2,11 +2,12 @@
 # Campaign-round throughput on one GPU host (benchmarks/campaign_throughput.py and
 # benchmarks/chgnet_profile.py), run detached:
 #
-#   bash benchmarks/gpu/pipeline.sh start throughput CKPT=path/to/ldm.pt [N=10000 ...]
+#   bash benchmarks/gpu/pipeline.sh start throughput CKPT=path/to/generator.pt [N=10000 ...]
 #   bash benchmarks/gpu/pipeline.sh status throughput 600
 #   bash benchmarks/gpu/pipeline.sh collect throughput returned/throughput
 #
-# 1. round_sp     one round of N structures (default 10,000) from the trained generator CKPT:
+# 1. round_sp     one round of N structures (default 10,000) from the trained generator CKPT
+#                 (latent diffusion or Wyckoff transformer; random weights are refused):
 #                 sample, decode, CHGNet single points, MP-20 hull, uniqueness / novelty / SMACT,
 #                 store; the per-structure ASE way on BASELINE_N structures in the same run
 # 2. profile      CHGNet single points batched at 256 and 1024, graph construction included,
