@@ -17,7 +17,8 @@
 #                 FSTEPS FIRE steps (default 30) of NFRECHET generated structures (default 500,
 #                 from STRUCTURES or MP-20 test crystals)
 #                 with torch-sim's per-system loop and with relax_batched's batched matrix
-#                 exponentials, same structures, same model (benchmarks/relax_frechet.py)
+#                 exponentials, same structures, same model (benchmarks/relax_frechet.py); only
+#                 structures that screening evaluates (--valid-only: no atoms closer than 0.5 A)
 # 3. round_relax  one round of NRELAX structures (default 1,000) relaxed with torch-sim batched
 #                 FIRE (fmax 0.05 eV/A, <= 300 steps) against one ASE FIRE run per structure;
 #                 CHGNet graphs are rebuilt at every step, in GRAPH_WORKERS processes (serial
@@ -64,7 +65,7 @@ stage profile
 
 stage frechet
 ! want frechet relax_frechet.json || python3 "$D/code/benchmarks/relax_frechet.py" --device cuda \
-    --n "${NFRECHET:-500}" --steps "${FSTEPS:-30}" --graph-workers "$GRAPH_WORKERS" \
+    --n "${NFRECHET:-500}" --steps "${FSTEPS:-30}" --graph-workers "$GRAPH_WORKERS" --valid-only \
     ${STRUCTURES:+--structures "$STRUCTURES"} --out "$D/relax_frechet.json" > "$D/relax_frechet.log" 2>&1 \
     || stage failed-frechet
 
