@@ -72,9 +72,10 @@ def main() -> None:
         from xtalforge.screening.metrics import evaluation_rejection
 
         pool, source = load(args.structures, 4 * args.n)
-        structs = [s for s in pool if evaluation_rejection(s) is None][:args.n]
+        passing = [s for s in pool if evaluation_rejection(s) is None]
+        structs = passing[:args.n]
         logger.info("%d of the first %d structures pass the evaluation guard; using %d",
-                    sum(evaluation_rejection(s) is None for s in pool), len(pool), len(structs))
+                    len(passing), len(pool), len(structs))
     else:
         structs, source = load(args.structures, args.n)
     model = get_energy_model("chgnet", device=args.device, graph_workers=args.graph_workers)
