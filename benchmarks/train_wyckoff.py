@@ -593,6 +593,62 @@ def cmd_plot(args) -> None:
     logger.info("wrote %s", args.figure)
 
 
+def cmd_plot_runs(args) -> None:
+    """Several PPO runs in one PNG: per-batch mSUN, metastability, uniqueness and novelty.
+
+    Each ``--run LABEL=PPO_JSONL`` is drawn as a 5-step running mean of its training batches;
+    each ``--point LABEL:STEP:EVAL_LABEL`` marks the row ``EVAL_LABEL`` of ``--eval`` (the
+    fixed-protocol evaluation of that run's policy after STEP steps) on the run's curves.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = {}
+    for f in args.eval:
+        for line in Path(f).read_text().splitlines():
+            row = json.loads(line)
+            evals[row["label"]] = row
+    panels = [("frac_msun", "mSUN", "mSUN"), ("frac_metastable", "metastability", "metastable"),
+              ("frac_unique", "uniqueness", "unique"), ("frac_novel", "novelty", "novel")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2))
+    for i, spec in enumerate(args.run):
+        label, _, path = spec.partition("=")
+        rows = [json.loads(x) for x in Path(path).read_text().splitlines()]
+        steps = np.array([r["step"] for r in rows])
+        color = f"C{i}"
+        for ax, (key, ekey, name) in zip(axes, panels, strict=True):
+            y = np.array([100 * r[key] for r in rows])
+            k = min(5, len(y))
+            smooth = np.convolve(y, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], smooth, color=color, lw=1.2,
+                    label=f"{label}: training batches (5-step mean)")
+            pts = [(int(st), evals[ev]) for run, st, ev in (x.split(":") for x in args.point)
+                   if run == label and ev in evals]
+            if pts:
+                ax.plot([st for st, _ in pts], [100 * ev[ekey] for _, ev in pts], "o",
+                        color=color, ms=7, mec="k",
+                        label=f"{label}: evaluations ({pts[0][1]['n']} samples)")
+            ax.set_title(name)
+    for ax in axes:
+        for mark in args.mark_step:
+            st, _, text = mark.partition(":")
+            ax.axvline(float(st), color="grey", ls=":", lw=1)
+            ax.text(float(st), 0.02, f" {text}", transform=ax.get_xaxis_transform(),
+                    fontsize=7, color="grey")
+        ax.set_xlabel("PPO step")
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].legend(handles, labels, fontsize=6.5)
+    fig.suptitle(args.title or "PPO runs", fontsize=10)
+    fig.tight_layout()
+    Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.figure, dpi=110)
+    logger.info("wrote %s", args.figure)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -677,6 +733,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="out/wyckoff", help="the work folder to plot")
     p.add_argument("--figure", default="benchmarks/figures/wyckoff_ppo.png")
     p.add_argument("--title", default=None)
+    p = sub.add_parser("plot-runs", help="several PPO runs' training curves in one PNG")
+    p.add_argument("--out", default="out/wyckoff")
+    p.add_argument("--run", action="append", required=True, help="LABEL=path/to/ppo.jsonl")
+    p.add_argument("--eval", action="append", default=[], help="eval.jsonl with marked rows")
+    p.add_argument("--point", action="append", default=[],
+                   help="LABEL:STEP:EVAL_LABEL, an evaluation row to mark on run LABEL")
+    p.add_argument("--mark-step", action="append", default=[],
+                   help="STEP:TEXT, a vertical line with a note (e.g. where a setting changed)")
+    p.add_argument("--figure", default="benchmarks/figures/wyckoff_ppo_runs.png")
+    p.add_argument("--title", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stdout)
@@ -684,7 +750,8 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     {"train": cmd_train, "eval": cmd_eval, "ppo": cmd_ppo, "sft": cmd_sft,
-     "compare": cmd_compare, "plot": cmd_plot}[args.cmd](args)
+     "compare": cmd_compare, "plot": cmd_plot,
+     "plot-runs": cmd_plot_runs}[args.cmd](args)
 
 
 if __name__ == "__main__":
