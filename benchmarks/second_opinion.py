@@ -114,7 +114,7 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
         e = r.get("e_above_hull")
         out.append({"index": i, "structure": s, "read_error": err,
                     "chgnet_e_hull": float(e) if e is not None else math.nan,
-                    "chgnet_error": r.get("error")})
+                    "chgnet_error": r.get("error"), "msun": r.get("msun")})
     return out
 
 
@@ -392,6 +392,25 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def msun_confirmed(entries: list[dict], e_second: np.ndarray,
+                   threshold: float = THRESHOLD) -> dict[str, float | None]:
+    """The mSUN share of a samples file and the part of it the second model confirms.
+
+    ``msun_chgnet_share`` is the share of entries flagged mSUN by the screening that wrote the
+    file (CHGNet); ``msun_confirmed_share`` the share flagged mSUN *and* metastable
+    (E_hull < ``threshold``) under the second model, over all entries (a failure of the second
+    model is not a confirmation). Both are ``None`` when the file has no mSUN flags.
+    """
+    flags = [en.get("msun") for en in entries]
+    if not entries or any(f is None for f in flags):
+        return {"msun_chgnet_share": None, "msun_confirmed_share": None}
+    flags_arr = np.array(flags, dtype=bool)
+    ok = np.isfinite(e_second) & (np.nan_to_num(e_second, nan=np.inf) < threshold)
+    n = len(entries)
+    return {"msun_chgnet_share": float(flags_arr.sum() / n),
+            "msun_confirmed_share": float((flags_arr & ok).sum() / n)}
+
+
 def _num(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
@@ -400,7 +419,7 @@ def markdown_table(files: dict[str, dict]) -> str:
     """One row per input file."""
     head = ("| file | entries | scored (both) | metastable CHGNet | metastable SevenNet | "
             "both / C only / S only / neither | accuracy | kappa | precision | recall | "
-            "Spearman | failed C / S |")
+            "Spearman | failed C / S | mSUN (CHGNet) / also metastable for SevenNet |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, f in files.items():
         a, c, s = f["agreement"], f["chgnet"], f["sevennet"]
@@ -411,7 +430,8 @@ def markdown_table(files: dict[str, dict]) -> str:
             f"{cf['sevennet_only']} / {cf['neither']} | {_num(a['accuracy'])} | "
             f"{_num(a['cohen_kappa'])} | {_num(a['precision_chgnet_vs_sevennet'])} | "
             f"{_num(a['recall_chgnet_vs_sevennet'])} | {_num(a['spearman'])} | "
-            f"{c['n_failed']} / {s['n_failed']} |")
+            f"{c['n_failed']} / {s['n_failed']} | {_pct(f.get('msun_chgnet_share'))} / "
+            f"{_pct(f.get('msun_confirmed_share'))} |")
     return "\n".join(lines)
 
 
@@ -521,6 +541,7 @@ def main(argv: list[str] | None = None) -> None:
             "sevennet_structures_per_s": (rs["n_evaluated"] / rs["seconds"]
                                           if rs["seconds"] > 0 else None),
         }
+        summary.update(msun_confirmed(entries, e_s))
         if "e_hull_uncorrected" in rs:
             summary["agreement_uncorrected"] = agreement(e_c, rs["e_hull_uncorrected"])
             summary["sevennet_uncorrected"] = {
