@@ -405,7 +405,7 @@ def msun_confirmed(entries: list[dict], e_second: np.ndarray,
     if not entries or any(f is None for f in flags):
         return {"msun_chgnet_share": None, "msun_confirmed_share": None}
     flags_arr = np.array(flags, dtype=bool)
-    ok = np.isfinite(e_second) & (np.nan_to_num(e_second, nan=np.inf) < threshold)
+    ok = np.nan_to_num(e_second, nan=np.inf) < threshold  # a failure confirms nothing
     n = len(entries)
     return {"msun_chgnet_share": float(flags_arr.sum() / n),
             "msun_confirmed_share": float((flags_arr & ok).sum() / n)}
