@@ -605,27 +605,27 @@ def cmd_plot_runs(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    evals = {}
-    for f in args.eval:
-        for line in Path(f).read_text().splitlines():
-            row = json.loads(line)
-            evals[row["label"]] = row
+    missing = [f for f in [*args.eval, *(r.partition("=")[2] for r in args.run)]
+               if not Path(f).is_file()]
+    if missing:
+        raise SystemExit(f"plot-runs: no such file: {', '.join(missing)}")
+    evals = {row["label"]: row for f in args.eval for row in _read_jsonl(Path(f))}
     panels = [("frac_msun", "mSUN", "mSUN"), ("frac_metastable", "metastability", "metastable"),
               ("frac_unique", "uniqueness", "unique"), ("frac_novel", "novelty", "novel")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2))
     for i, spec in enumerate(args.run):
         label, _, path = spec.partition("=")
-        rows = [json.loads(x) for x in Path(path).read_text().splitlines()]
+        rows = _read_jsonl(Path(path))
         steps = np.array([r["step"] for r in rows])
         color = f"C{i}"
+        pts = [(int(st), evals[ev]) for run, st, ev in (x.split(":") for x in args.point)
+               if run == label and ev in evals]
         for ax, (key, ekey, name) in zip(axes, panels, strict=True):
             y = np.array([100 * r[key] for r in rows])
             k = min(5, len(y))
             smooth = np.convolve(y, np.ones(k) / k, mode="valid")
             ax.plot(steps[k - 1:], smooth, color=color, lw=1.2,
                     label=f"{label}: training batches (5-step mean)")
-            pts = [(int(st), evals[ev]) for run, st, ev in (x.split(":") for x in args.point)
-                   if run == label and ev in evals]
             if pts:
                 ax.plot([st for st, _ in pts], [100 * ev[ekey] for _, ev in pts], "o",
                         color=color, ms=7, mec="k",
@@ -734,7 +734,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--figure", default="benchmarks/figures/wyckoff_ppo.png")
     p.add_argument("--title", default=None)
     p = sub.add_parser("plot-runs", help="several PPO runs' training curves in one PNG")
-    p.add_argument("--out", default="out/wyckoff")
     p.add_argument("--run", action="append", required=True, help="LABEL=path/to/ppo.jsonl")
     p.add_argument("--eval", action="append", default=[], help="eval.jsonl with marked rows")
     p.add_argument("--point", action="append", default=[],
@@ -748,7 +747,8 @@ def main(argv: list[str] | None = None) -> None:
                         stream=sys.stdout)
     for noisy in ("xtalforge.screening", "chgnet"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if getattr(args, "out", None):  # plot-runs writes only its figure
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     {"train": cmd_train, "eval": cmd_eval, "ppo": cmd_ppo, "sft": cmd_sft,
      "compare": cmd_compare, "plot": cmd_plot,
      "plot-runs": cmd_plot_runs}[args.cmd](args)
